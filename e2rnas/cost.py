@@ -1,0 +1,200 @@
+"""Exact deploy-cost model: per-op params and MACs measured at each cell's real width, stride and resolution.
+
+Units: params in M (1e6 parameters), MACs in M (1e6 multiply-adds, counted on convolutions and matmuls with
+``FlopCounterMode``); FLOPs = 2 x MACs. All numbers describe the *deployed* evaluation network (by default
+20 cells, C=36, 32x32, 10 classes), not the search supernet.
+
+A genotype's exact cost is the fixed part (normalisation, stem, cell pre-processing, classifier) plus its 8 kept
+edges per cell. The differentiable estimate (eqs. 5, 6) replaces each edge's op by its softmax expectation over
+the non-``none`` ops and weights each edge by its chance of being kept, 2 / (in-degree of its node): see
+``docs/cost-model.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
+from e2rnas.ops import OPS, PRIMITIVES
+
+NUM_EDGES = sum(2 + i for i in range(STEPS))
+MULTIPLIER = STEPS  # every cell concatenates its 4 intermediate nodes
+
+
+@dataclass(frozen=True)
+class DeployShape:
+    """The network a user deploys: cells, initial channels, classes, input resolution, stem variant."""
+
+    layers: int = 20
+    C: int = 36
+    num_classes: int = 10
+    input_size: int = 32
+    variant: str = "cifar"
+
+
+@dataclass(frozen=True)
+class Cost:
+    params: int
+    macs: int
+
+    @property
+    def params_m(self) -> float:
+        return self.params / 1e6
+
+    @property
+    def macs_m(self) -> float:
+        return self.macs / 1e6
+
+    @property
+    def flops_m(self) -> float:
+        return 2 * self.macs / 1e6
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.macs + other.macs)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"params_m": self.params_m, "macs_m": self.macs_m, "flops_m": self.flops_m}
+
+
+def measure(module: nn.Module, input_shape: tuple[int, ...]) -> Cost:
+    """Params of ``module`` and MACs of one eval-mode forward on a tensor of ``input_shape`` (batch 1)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module.eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        module(torch.zeros(input_shape))
+    return Cost(sum(p.numel() for p in module.parameters()), counter.get_total_flops() // 2)
+
+
+def _edge_keep_weights() -> torch.Tensor:
+    """Probability that an edge survives the top-2 rule under a uniform choice: 2 / in-degree of its node."""
+    return torch.tensor([EDGES_PER_NODE / (2 + i) for i in range(STEPS) for _ in range(2 + i)])
+
+
+def _edge_source(edge: int) -> int:
+    """Input index (0 = s0, 1 = s1, k = node k) of edge ``edge`` in the DARTS edge order."""
+    start = 0
+    for i in range(STEPS):
+        if edge < start + 2 + i:
+            return edge - start
+        start += 2 + i
+    raise IndexError(edge)
+
+
+@dataclass(frozen=True)
+class CellSlot:
+    index: int
+    reduction: bool
+    reduction_prev: bool
+    C_pp: int
+    C_p: int
+    C: int
+    size_in: int  # resolution of the cell's inputs after pre-processing
+
+    def edge_geometry(self, source: int) -> tuple[int, int]:
+        """(stride, input resolution) of an edge from input ``source``: reduction edges from the cell inputs
+        have stride 2; edges from intermediate nodes of a reduction cell run at the halved resolution."""
+        if not self.reduction:
+            return 1, self.size_in
+        return (2, self.size_in) if source < 2 else (1, -(-self.size_in // 2))
+
+
+class CostModel:
+    """Per-(cell, edge, op) costs of a deploy network, and its fixed cost."""
+
+    def __init__(self, shape: DeployShape = DeployShape(), primitives: tuple[str, ...] = PRIMITIVES):
+        from e2rnas.model import Network  # the stem/classifier modules, built exactly as deployed
+
+        self.shape = shape
+        self.primitives = tuple(primitives)
+        self._net_cls = Network
+        self.slots = self._slots()
+        self._op_cache: dict[tuple[str, int, int, int], Cost] = {}
+
+    def _slots(self) -> list[CellSlot]:
+        s = self.shape
+        if s.variant == "cifar":
+            C_pp = C_p = 3 * s.C
+            size, reduction_prev = s.input_size, False
+        else:
+            C_pp = C_p = s.C
+            size, reduction_prev = -(-s.input_size // 8), True
+        C, slots = s.C, []
+        for i in range(s.layers):
+            reduction = i in (s.layers // 3, 2 * s.layers // 3)
+            if reduction:
+                C *= 2
+            slots.append(CellSlot(i, reduction, reduction_prev, C_pp, C_p, C, size))
+            if reduction:
+                size = -(-size // 2)
+            reduction_prev = reduction
+            C_pp, C_p = C_p, MULTIPLIER * C
+        return slots
+
+    def op_cost(self, op: str, C: int, stride: int, size: int) -> Cost:
+        key = (op, C, stride, size)
+        if key not in self._op_cache:
+            self._op_cache[key] = measure(OPS[op](C, stride, True), (1, C, size, size))
+        return self._op_cache[key]
+
+    def edge_costs(self, slot: CellSlot) -> torch.Tensor:
+        """[14, n_ops, 2] params and MACs of every op on every edge of one cell."""
+        out = torch.zeros(NUM_EDGES, len(self.primitives), 2, dtype=torch.float64)
+        for e in range(NUM_EDGES):
+            stride, size = slot.edge_geometry(_edge_source(e))
+            for k, op in enumerate(self.primitives):
+                c = self.op_cost(op, slot.C, stride, size)
+                out[e, k] = torch.tensor([c.params, c.macs], dtype=torch.float64)
+        return out
+
+    @cached_property
+    def fixed(self) -> Cost:
+        """Everything but the 8 edge ops per cell: normalisation, stem, pre-processing convs, classifier."""
+        # A network whose every edge is a parameter- and MAC-free op: what it costs is the fixed part.
+        s = self.shape
+        net = self._net_cls(_pooling_genotype(), s.C, s.layers, s.num_classes, variant=s.variant,
+                            input_size=s.input_size)
+        return measure(net, (1, 3, s.input_size, s.input_size))
+
+    @cached_property
+    def tables(self) -> dict[str, torch.Tensor]:
+        """Per cell type, [14, n_ops, 2] costs summed over the cells of that type (they share alpha)."""
+        normal = torch.zeros(NUM_EDGES, len(self.primitives), 2, dtype=torch.float64)
+        reduce = torch.zeros_like(normal)
+        for slot in self.slots:
+            target = reduce if slot.reduction else normal
+            target += self.edge_costs(slot)
+        return {"normal": normal, "reduce": reduce}
+
+    def genotype_cost(self, genotype: Genotype) -> Cost:
+        """Exact cost of the deploy network built from ``genotype`` (its 8 kept edges per cell)."""
+        total = self.fixed
+        for slot in self.slots:
+            edges = genotype.reduce if slot.reduction else genotype.normal
+            for op, inp in edges:
+                stride, size = slot.edge_geometry(inp)
+                total = total + self.op_cost(op, slot.C, stride, size)
+        return total
+
+    def expected_cost(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable (params_M, MACs_M) estimate under softmax weights (eqs. 5, 6, with kept-edge weights)."""
+        keep = _edge_keep_weights().to(alpha_normal)
+        allowed = [k for k, name in enumerate(self.primitives) if name != "none"]
+        total = torch.tensor([self.fixed.params, self.fixed.macs], dtype=alpha_normal.dtype,
+                             device=alpha_normal.device)
+        for alpha, kind in ((alpha_normal, "normal"), (alpha_reduce, "reduce")):
+            table = self.tables[kind][:, allowed].to(alpha)
+            p = torch.softmax(alpha[:, allowed], dim=-1)
+            total = total + (keep[:, None, None] * p[..., None] * table).sum(dim=(0, 1))
+        return total[0] / 1e6, total[1] / 1e6
+
+
+def _pooling_genotype() -> Genotype:
+    concat = tuple(range(2, 2 + STEPS))
+    edges = tuple(("max_pool_3x3", j) for _ in range(STEPS) for j in (0, 1))
+    return Genotype(edges, concat, edges, concat)

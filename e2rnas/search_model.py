@@ -1,0 +1,178 @@
+"""The DARTS supernet: a softmax-weighted mixed op on each of a cell's 14 edges.
+
+Architecture parameters (``alpha_normal``, ``alpha_reduce``: 14 x 8) are registered on the module so that
+``torch.func.functional_call`` can swap the weights, but ``weight_parameters()`` and ``arch_parameters()`` keep
+the two sets apart for the two optimisers. ``partial_channels > 1`` gives the PC-DARTS variant (a 1/K channel
+sample per edge, channel shuffle, and edge-normalisation weights ``beta_*``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
+from e2rnas.model import Normalize
+from e2rnas.ops import OPS, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
+
+NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14
+ARCH_PARAM_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class MixedOp(nn.Module):
+    def __init__(self, C: int, stride: int, primitives: tuple[str, ...], partial_channels: int = 1):
+        super().__init__()
+        self.k = partial_channels
+        self.stride = stride
+        self.ops = nn.ModuleList()
+        for name in primitives:
+            op = OPS[name](C // self.k, stride, False)
+            if name in POOLING_OPS:
+                op = nn.Sequential(op, nn.BatchNorm2d(C // self.k, affine=False))
+            self.ops.append(op)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.k == 1:
+            return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
+        c = x.shape[1] // self.k
+        xa, xb = x[:, :c], x[:, c:]
+        out = sum(w * op(xa) for w, op in zip(weights, self.ops, strict=True))
+        if self.stride == 2:
+            xb = F.max_pool2d(xb, 2, 2, ceil_mode=True)
+        return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
+
+
+class SearchCell(nn.Module):
+    def __init__(self, steps: int, multiplier: int, C_pp: int, C_p: int, C: int, reduction: bool,
+                 reduction_prev: bool, primitives: tuple[str, ...], partial_channels: int):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(
+            C_pp, C, 1, 1, 0, affine=False)
+        self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                stride = 2 if reduction and j < 2 else 1
+                self.edges.append(MixedOp(C, stride, primitives, partial_channels))
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                edge_weights: torch.Tensor | None) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            s = 0
+            for j, h in enumerate(states):
+                out = self.edges[offset + j](h, weights[offset + j])
+                s = s + (out if edge_weights is None else edge_weights[offset + j] * out)
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class SearchNetwork(nn.Module):
+    """DARTS search network (CIFAR stem); reduction cells at 1/3 and 2/3 of the depth."""
+
+    def __init__(self, C: int, layers: int, num_classes: int, steps: int = STEPS, multiplier: int = 4,
+                 stem_multiplier: int = 3, primitives: tuple[str, ...] = PRIMITIVES, partial_channels: int = 1,
+                 mean: tuple[float, ...] = (0.5, 0.5, 0.5), std: tuple[float, ...] = (0.5, 0.5, 0.5)):
+        super().__init__()
+        if layers < 3:
+            raise ValueError(f"a search network needs at least 3 cells, got {layers}")
+        self.primitives = tuple(primitives)
+        self.steps = steps
+        self.partial_channels = partial_channels
+        self.normalize = Normalize(mean, std)
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(3, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction, reduction_prev, self.primitives,
+                              partial_channels)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_p, num_classes)
+        n_ops = len(self.primitives)
+        self.alpha_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, n_ops))
+        self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES, n_ops))
+        if partial_channels > 1:
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n in ARCH_PARAM_NAMES]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n not in ARCH_PARAM_NAMES]
+
+    def named_weight_parameters(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.named_parameters() if n not in ARCH_PARAM_NAMES}
+
+    def _edge_weights(self, reduction: bool) -> torch.Tensor | None:
+        if self.partial_channels == 1:
+            return None
+        beta = self.beta_reduce if reduction else self.beta_normal
+        out, start = [], 0
+        for i in range(self.steps):
+            out.append(F.softmax(beta[start:start + 2 + i], dim=-1))
+            start += 2 + i
+        return torch.cat(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s0 = s1 = self.stem(self.normalize(x))
+        w_normal = F.softmax(self.alpha_normal, dim=-1)
+        w_reduce = F.softmax(self.alpha_reduce, dim=-1)
+        e_normal, e_reduce = self._edge_weights(False), self._edge_weights(True)
+        for cell in self.cells:
+            w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
+            s0, s1 = s1, cell(s0, s1, w, e)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def edge_strengths(self, reduction: bool) -> torch.Tensor:
+        """Op weights per edge (14 x n_ops), scaled by the PC-DARTS edge weights where present."""
+        w = F.softmax(self.alpha_reduce if reduction else self.alpha_normal, dim=-1)
+        e = self._edge_weights(reduction)
+        return w if e is None else w * e[:, None]
+
+    def genotype(self) -> Genotype:
+        return derive_genotype(self.edge_strengths(False), self.edge_strengths(True), self.primitives,
+                               steps=self.steps)
+
+
+def derive_genotype(w_normal: torch.Tensor, w_reduce: torch.Tensor, primitives: tuple[str, ...],
+                    steps: int = STEPS) -> Genotype:
+    """The DARTS rule: per node, the two incoming edges whose strongest non-none op is strongest, then that op."""
+
+    def parse(weights: torch.Tensor) -> tuple[tuple[str, int], ...]:
+        weights = weights.detach().cpu()
+        allowed = [k for k, name in enumerate(primitives) if name != "none"]
+        gene: list[tuple[str, int]] = []
+        start = 0
+        for i in range(steps):
+            n_in = 2 + i
+            w = weights[start:start + n_in][:, allowed]
+            best = w.max(dim=1).values
+            # stable: ties resolved by the lower input index
+            order = sorted(range(n_in), key=lambda j: (-float(best[j]), j))[:EDGES_PER_NODE]
+            for j in sorted(order):
+                gene.append((primitives[allowed[int(w[j].argmax())]], j))
+            start += n_in
+        return tuple(gene)
+
+    concat = tuple(range(2, 2 + steps))
+    return Genotype(parse(w_normal), concat, parse(w_reduce), concat)
