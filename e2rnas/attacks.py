@@ -1,0 +1,46 @@
+"""FGSM and PGD in pixel space [0, 1] (L-inf), on any callable that maps pixels to logits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+Logits = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _input_grad(model: Logits, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        loss = F.cross_entropy(model(x), y)
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad
+
+
+def pgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int, step_size: float,
+        random_start: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """L-inf PGD (Madry et al.); ``steps=1`` with a random start is Wong et al.'s fast FGSM.
+
+    The result is detached: it is made with the current weights and never differentiated through.
+    """
+    x = x.detach()
+    if eps <= 0 or steps <= 0:
+        return x.clone()
+    delta = torch.zeros_like(x)
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) if generator is not None else torch.rand_like(x)
+        delta = (noise.to(x.device) * 2 - 1) * eps
+    x_adv = (x + delta).clamp(0, 1)
+    for _ in range(steps):
+        grad = _input_grad(model, x_adv, y)
+        x_adv = x_adv.detach() + step_size * grad.sign()
+        x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def fgsm(model: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float | None = None,
+         random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Fast FGSM: random start U(-eps, eps), one step of ``step_size`` (default 1.25 eps), clipped to eps, [0, 1]."""
+    return pgd(model, x, y, eps=eps, steps=1, step_size=1.25 * eps if step_size is None else step_size,
+               random_start=random_start, generator=generator)
