@@ -13,7 +13,8 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, caption: str | None = None) -> None:
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                caption: str | None = None) -> None:
     table = Table(title=title, caption=caption, header_style="bold")
     for i, col in enumerate(columns):
         table.add_column(col, justify="left" if i == 0 else "right")

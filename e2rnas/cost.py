@@ -181,7 +181,8 @@ class CostModel:
                 total = total + self.op_cost(op, slot.C, stride, size)
         return total
 
-    def expected_cost(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def expected_cost(self, alpha_normal: torch.Tensor,
+                      alpha_reduce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable (params_M, MACs_M) estimate under softmax weights (eqs. 5, 6, with kept-edge weights)."""
         keep = _edge_keep_weights().to(alpha_normal)
         allowed = [k for k, name in enumerate(self.primitives) if name != "none"]

@@ -250,7 +250,8 @@ def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4, flip: 
 
 
 def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return torch.stack([padded[i, :, int(a):int(a) + h, int(b):int(b) + w] for i, (a, b) in enumerate(zip(dy, dx, strict=False))])
+    crops = [padded[i, :, int(a):int(a) + h, int(b):int(b) + w] for i, (a, b) in enumerate(zip(dy, dx, strict=True))]
+    return torch.stack(crops)
 
 
 def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,

@@ -52,7 +52,7 @@ class Genotype:
     @classmethod
     def from_dict(cls, data: Any) -> Genotype:
         if not isinstance(data, dict):
-            raise GenotypeError("a genotype must be a JSON object with keys normal, normal_concat, reduce, reduce_concat")
+            raise GenotypeError("a genotype must be a JSON object with keys normal, reduce (and *_concat)")
         if "genotype" in data and isinstance(data["genotype"], dict):
             data = data["genotype"]
         missing = {"normal", "reduce"} - set(data)
