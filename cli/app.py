@@ -23,7 +23,13 @@ app = typer.Typer(
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("genotypes", "info_cmd", "genotypes"),
     ("cost", "info_cmd", "cost"),
+    ("bench", "bench_cmd", "bench"),
+    ("check", "check_cmd", "check"),
+    ("search", "search_cmd", "search"),
+    ("export", "export_cmd", "export"),
     # Add new commands here: (name, module in cli/, function).
+    ("train", "train_cmd", "train"),
+    ("eval", "eval_cmd", "eval_model"),
 
 )
 

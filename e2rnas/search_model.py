@@ -36,13 +36,19 @@ class MixedOp(nn.Module):
             if name in POOLING_OPS:
                 op = nn.Sequential(op, nn.BatchNorm2d(C // self.k, affine=False))
             self.ops.append(op)
+        # The zero op adds nothing to the output and its alpha gets its gradient through the softmax alone,
+        # so it is never run.
+        self.active = [k for k, name in enumerate(primitives) if name != "none"]
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return sum(weights[k] * self.ops[k](x) for k in self.active)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.k == 1:
-            return sum(w * op(x) for w, op in zip(weights, self.ops, strict=True))
+            return self._mix(x, weights)
         c = x.shape[1] // self.k
         xa, xb = x[:, :c], x[:, c:]
-        out = sum(w * op(xa) for w, op in zip(weights, self.ops, strict=True))
+        out = self._mix(xa, weights)
         if self.stride == 2:
             xb = F.max_pool2d(xb, 2, 2, ceil_mode=True)
         return channel_shuffle(torch.cat([out, xb], dim=1), self.k)

@@ -1,0 +1,123 @@
+"""``e2rnas eval``: accuracy, size, PGD / FGSM accuracy and OoD detection, in the layout of the paper's Table I."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from e2rnas.cli import _options as opt
+from e2rnas.cli._output import console, print_json, print_table
+
+from e2rnas.errors import E2RNASError
+
+TestDataset = Annotated[str | None, typer.Option(
+    "--test-dataset", help="Test set; default: the one recorded in model.pt (else the data set's test split).")]
+OodDataset = Annotated[str | None, typer.Option(
+    "--ood-dataset", help="OoD set (same forms as --dataset, or none); default: the one recorded in model.pt.")]
+Eps = Annotated[str | None, typer.Option("--eps", help="L-inf radius in pixel units [0, 1], e.g. 0.0078 or 2/255.")]
+Steps = Annotated[int | None, typer.Option("--steps", help="PGD steps.")]
+StepSize = Annotated[str | None, typer.Option("--step-size", help="PGD step (default 2.5 eps / steps), e.g. 1/255.")]
+RandomStart = Annotated[bool | None, typer.Option("--random-start/--no-random-start", help="PGD random start.")]
+EvalPreset = Annotated[str, typer.Option(
+    "--preset", help="Attack protocol: paper (eps 2/255, PGD-10) or robustbench (8/255, PGD-20, random start).")]
+MaxSamples = Annotated[int | None, typer.Option("--max-samples", help="Evaluate on this many test/OoD images.")]
+SourceModel = Annotated[Path | None, typer.Option(
+    "--source-model", help="model.pt an .onnx/.engine was exported from: data sets, sizes and transfer attacks.")]
+EvalOut = Annotated[Path | None, typer.Option("--out", help="Folder for eval.json (default: the model's folder).")]
+
+
+def _fraction(text: str | None, name: str) -> float | None:
+    """``0.0078``, ``2/255`` -> float."""
+    if text is None:
+        return None
+    try:
+        num, _, den = text.partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise E2RNASError(f"{name} must be a number or a fraction such as 2/255, got {text!r}") from None
+
+
+def _name_of(genotype: Any, meta: dict[str, Any], path: Path) -> str:
+    from e2rnas.genotypes import GENOTYPES
+
+    for name, g in GENOTYPES.items():
+        if g == genotype:
+            return name
+    return str(meta.get("search", {}).get("genotype_source") or path.parent.name)
+
+
+def eval_model(
+    model: Annotated[Path, typer.Argument(help="model.pt, or an exported .onnx / .engine (see --source-model).")],
+    dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: OodDataset = None,
+    source_model: SourceModel = None, preset: EvalPreset = "paper", eps: Eps = None, steps: Steps = None,
+    step_size: StepSize = None, random_start: RandomStart = None, max_samples: MaxSamples = None,
+    batch_size: opt.BatchSize = None, seed: opt.Seed = None, data_dir: opt.DataDir = None,
+    download: opt.Download = None, device: opt.Device = None, out: EvalOut = None, json: opt.Json = False,
+) -> None:
+    """Evaluate a trained model (or an exported artifact) on clean, adversarial and OoD data."""
+    from e2rnas._io import atomic_write_json
+    from e2rnas.evaluate import eval_data, evaluate, protocol_from
+    from e2rnas.model import count_macs, count_params
+    from e2rnas.model_io import load_model
+    from e2rnas.predict import TorchPredictor, load_predictor
+
+    dev = device or "cpu"
+    protocol = protocol_from(preset, eps=_fraction(eps, "--eps"), steps=steps,
+                             step_size=_fraction(step_size, "--step-size"), random_start=random_start,
+                             max_samples=max_samples, batch_size=batch_size, seed=seed)
+    if model.suffix == ".pt":
+        loaded = load_model(model, device=dev)
+        predictor, attack_model = TorchPredictor(loaded.model, dev), None
+    else:
+        predictor = load_predictor(model, device=dev)
+        loaded = load_model(source_model, device=dev) if source_model else None
+        attack_model = loaded.model if loaded else None
+    meta = loaded.meta if loaded else {}
+    data = eval_data(meta.get("data", {}), dataset=dataset, test_dataset=test_dataset, ood_dataset=ood_dataset,
+                     data_dir=data_dir, download=bool(download),
+                     image_size=loaded.spec.input_size if loaded else None)
+    result = evaluate(predictor, test=data.test, ood=data.ood, protocol=protocol, attack_model=attack_model,
+                      progress=not json)
+    result["model"] = str(model)
+    result["data"] = data.specs
+    if loaded is not None:
+        macs = count_macs(loaded.model, input_size=loaded.spec.input_size)
+        result["architecture"] = _name_of(loaded.genotype, meta, source_model or model)
+        result["cost"] = {"params": count_params(loaded.model, exclude_aux=True), "macs": macs, "flops": 2 * macs,
+                          "input_size": loaded.spec.input_size, "counted_on": str(source_model or model)}
+        result["genotype"] = loaded.genotype.to_dict()
+    else:
+        result["architecture"], result["cost"] = model.stem, None
+        result["notes"].append("params/MACs not counted: pass --source-model model.pt")
+    out_dir = out or model.parent
+    atomic_write_json(out_dir / "eval.json", result)
+    if json:
+        print_json(result)
+        return
+    _table(result)
+    console.print(f"eval.json: {out_dir / 'eval.json'}", highlight=False)
+
+
+def _pct(x: float | None) -> str | None:
+    return None if x is None else f"{100 * x:.2f}"
+
+
+def _table(r: dict[str, Any]) -> None:
+    p, cost, ood = r["protocol"], r["cost"] or {}, r["ood"] or {}
+    row = [r["architecture"], _pct(r["test_err"]), _pct(r["clean_acc"]),
+           None if not cost else f"{cost['params'] / 1e6:.4f}", None if not cost else f"{cost['macs'] / 1e6:.2f}",
+           None if not cost else f"{cost['flops'] / 1e6:.2f}", _pct(r["pgd_acc"]), _pct(r["fgsm_acc"]),
+           _pct(ood.get("aupr_out")), None if not ood else f"{ood['auroc']:.4f}",
+           None if not ood else f"{ood['fpr95']:.4f}"]
+    caption = (f"{r['predictor']} on {r['samples']['test']} test images ({r['datasets']['test']}); "
+               f"PGD L-inf eps {p['eps'] * 255:.3g}/255, {p['steps']} steps of {p['pgd_step_size'] * 255:.3g}/255, "
+               f"random start {'on' if p['random_start'] else 'off'}, {r['attack'] or 'no attack'}; "
+               f"FGSM eps {p['fgsm_eps'] * 255:.3g}/255; OoD: {r['samples']['ood']} images of "
+               f"{r['datasets']['ood'] or '-'}, score -MSP, AUPR with OoD positive (AUPR-in "
+               f"{_pct(ood.get('aupr_in')) or '-'}%); params exclude the aux head; MACs conv/linear, FLOPs = 2 MACs")
+    print_table("Evaluation (layout of the paper's Table I)",
+                ["Architecture", "Test Err. (%)", "Acc. (%)", "Params (M)", "MACs (M)", "FLOPs (M)", "PGD Acc. (%)",
+                 "FGSM Acc. (%)", "OoD AUPR (%)", "AUROC", "FPR95"], [row], caption=caption)
+    for note in r["notes"]:
+        console.print(f"note: {note}", highlight=False)

@@ -1,0 +1,130 @@
+"""``e2rnas search``: the E2RNAS architecture search."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from e2rnas.cli import _options as opt
+from e2rnas.cli._config import build_config
+from e2rnas.cli._output import console, print_json, print_table
+
+
+class SearchProgress:
+    """Rich live view: epoch/step bar, objective values, gammas, N and F against the bounds, exact genotype cost."""
+
+    def __init__(self, params_bound: float, flops_bound: float, enabled: bool = True):
+        from rich.live import Live
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.L, self.F = params_bound, flops_bound
+        self.progress = Progress(TextColumn("[bold]search[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), console=console)
+        self.task = None
+        self.last: dict[str, Any] = {}
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False) if enabled else None
+
+    def _render(self):
+        from rich.console import Group
+        from rich.table import Table
+
+        table = Table(show_header=True, header_style="bold", box=None)
+        for col in ("objective", "value", "gamma"):
+            table.add_column(col, justify="right")
+        rec = self.last
+        for name, value in rec.get("objectives", {}).items():
+            table.add_row(name, f"{value:.4f}", f"{rec['gammas'][name]:.3f}")
+        if rec:
+            table.add_row("N(alpha) / L", f"{rec['expected_params_m']:.4f} M", f"{self.L:.4f} M")
+            table.add_row("F(alpha) / F", f"{rec['expected_macs_m']:.2f} M MACs", f"{self.F:.2f} M MACs")
+            table.add_row("genotype (exact)", f"{rec['exact_params_m']:.4f} M", f"{rec['exact_macs_m']:.2f} M MACs")
+        return Group(self.progress, table)
+
+    def __enter__(self) -> SearchProgress:
+        if self.live:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.__exit__(*exc)
+
+    def on_step(self, rec: dict[str, Any]) -> None:
+        total = rec["steps_per_epoch"] * rec["epochs"]
+        if self.task is None:
+            self.task = self.progress.add_task("", total=total, completed=(rec["epoch"]) * rec["steps_per_epoch"])
+        self.progress.update(self.task, completed=rec["epoch"] * rec["steps_per_epoch"] + rec["step"],
+                             description=f"epoch {rec['epoch'] + 1}/{rec['epochs']} step {rec['step']}")
+        self.last = rec
+        if self.live:
+            self.live.update(self._render())
+
+
+Objectives = Annotated[str | None, typer.Option("--objectives", help="Comma list of val,ood,adv,params,flops.")]
+Weighting = Annotated[str | None, typer.Option("--weighting", help="mgda | equal | fixed:w1,...,wK.")]
+
+
+def search(
+    preset: opt.Preset = "embedded-default",
+    config: opt.ConfigFile = None,
+    dataset: opt.Dataset = None,
+    ood_dataset: opt.OodDataset = None,
+    data_dir: opt.DataDir = None,
+    download: opt.Download = None,
+    image_size: opt.ImageSize = None,
+    method: Annotated[str | None, typer.Option("--method", help="darts | pc-darts | p-darts.")] = None,
+    params_bound: Annotated[float | None, typer.Option("--params-bound", help="L: params of the deployed network, "
+                                                       "in M (millions).")] = None,
+    flops_bound: Annotated[float | None, typer.Option("--flops-bound", help="F: multiply-adds (MACs) of the "
+                                                      "deployed network, in M.")] = None,
+    deploy_layers: Annotated[int | None, typer.Option("--deploy-layers", help="Cells of the deployed network.")] = None,
+    deploy_channels: Annotated[int | None, typer.Option("--deploy-channels", help="C of the deployed network.")] = None,
+    deploy_image_size: Annotated[int | None, typer.Option("--deploy-image-size", help="Deployed input size.")] = None,
+    weighting: Weighting = None,
+    normalization: Annotated[str | None, typer.Option("--grad-norm", help="MGDA gradient normalisation: none, l2, "
+                                                      "loss, loss+l2.")] = None,
+    objectives: Objectives = None,
+    first_order: Annotated[bool | None, typer.Option("--first-order/--second-order", help="Unrolled "
+                                                     "approximation order.")] = None,
+    ll_ood: Annotated[bool | None, typer.Option("--ll-ood/--no-ll-ood", help="OoD loss in the lower level.")] = None,
+    ll_adv: Annotated[bool | None, typer.Option("--ll-adv/--no-ll-adv", help="FGSM adversarial training in the "
+                                                "lower level.")] = None,
+    layers: opt.Layers = None,
+    channels: opt.Channels = None,
+    epochs: opt.Epochs = None,
+    batch_size: opt.BatchSize = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps-per-epoch", help="Cap steps per epoch.")] = None,
+    seed: opt.Seed = None,
+    device: opt.Device = None,
+    out: opt.Out = None,
+    resume: opt.Resume = False,
+    json: opt.Json = False,
+) -> None:
+    """Search a cell with E2RNAS: five objectives (val, OoD, adversarial, params, MACs) combined by MGDA."""
+    from e2rnas.search import SearchConfig, run_search
+
+    cfg = build_config(SearchConfig, preset=preset, section="search", config_file=config, overrides=dict(
+        dataset=dataset, ood_dataset=ood_dataset, data_dir=str(data_dir) if data_dir else None, download=download,
+        image_size=image_size, method=method, params_bound=params_bound, flops_bound=flops_bound,
+        deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
+        weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
+        ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
+        max_steps_per_epoch=max_steps, seed=seed, device=device))
+    out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not json:
+        console.print(f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
+                      f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs -> {out_dir}")
+    with SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json) as view:
+        summary = run_search(cfg, out_dir=out_dir, resume=resume, on_step=view.on_step)
+    if json:
+        print_json(summary | {"run_dir": str(out_dir)})
+        return
+    print_table("Search result", ["", "params (M)", "MACs (M)"], [
+        ["bound (L, F)", summary["params_bound_m"], summary["flops_bound_m"]],
+        ["softmax estimate at final alphas", summary["expected_params_m"], summary["expected_macs_m"]],
+        ["exact cost of the genotype", summary["exact_params_m"], summary["exact_macs_m"]],
+    ], caption=f"deploy network: {summary['deploy_shape']}")
+    console.print(f"genotype: {out_dir / 'genotype.json'}  (supernet val accuracy {summary['val_accuracy']:.3f})")

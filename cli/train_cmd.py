@@ -1,0 +1,80 @@
+"""``e2rnas train``: retrain a genotype (built-in name, genotype.json or search run directory)."""
+
+from __future__ import annotations
+
+import json as _json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from e2rnas.cli import _options as opt
+from e2rnas.cli._output import console, print_json, print_table
+
+TestDataset = Annotated[str | None, typer.Option(
+    "--test-dataset", help="Separate test set (e.g. npz:PATH); default: the data set's test split (npz: 20% carve).")]
+OodWeight = Annotated[float | None, typer.Option("--ood-weight", help="Weight of the OoD loss KL(U || p).")]
+Lr = Annotated[float | None, typer.Option("--lr", help="Initial SGD learning rate (cosine schedule).")]
+MaxBatches = Annotated[int | None, typer.Option("--max-train-batches", help="Cap on batches per epoch (tests).")]
+
+
+def _run_name(ref: str) -> str:
+    path = Path(ref)
+    if path.is_dir():
+        return path.resolve().name
+    return path.stem if path.suffix else ref
+
+
+def _search_meta(ref: str) -> dict[str, Any]:
+    """Provenance of the genotype; a search run directory's summary.json travels into model.pt when present."""
+    meta: dict[str, Any] = {"genotype_source": ref}
+    summary = Path(ref) / "summary.json"
+    if summary.is_file():
+        try:
+            meta["summary"] = _json.loads(summary.read_text())
+        except ValueError:
+            pass
+    return meta
+
+
+def train(
+    genotype: Annotated[str, typer.Argument(help="Built-in genotype name, genotype.json or search run directory.")],
+    preset: opt.Preset = "embedded-default", config: opt.ConfigFile = None, epochs: opt.Epochs = None,
+    layers: opt.Layers = None, channels: opt.Channels = None, batch_size: opt.BatchSize = None, lr: Lr = None,
+    dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: opt.OodDataset = None,
+    ood_weight: OodWeight = None, image_size: opt.ImageSize = None, data_dir: opt.DataDir = None,
+    download: opt.Download = None, seed: opt.Seed = None, device: opt.Device = None, out: opt.Out = None,
+    resume: opt.Resume = False, max_train_batches: MaxBatches = None, json: opt.Json = False,
+) -> None:
+    """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
+    from e2rnas.cli._config import build_config
+
+    from e2rnas.genotypes import resolve_genotype
+    from e2rnas.train import TrainConfig
+    from e2rnas.train import train as run_train
+
+    g = resolve_genotype(genotype)
+    out_dir = out or Path("runs") / f"train-{_run_name(genotype)}"
+    if resume and config is None and (out_dir / "config.yaml").is_file():
+        config = out_dir / "config.yaml"  # resume with the run's own settings; flags still override
+    overrides = dict(epochs=epochs, layers=layers, C=channels, batch_size=batch_size, lr=lr, dataset=dataset,
+                     test_dataset=test_dataset, ood_dataset=ood_dataset, ood_weight=ood_weight, image_size=image_size,
+                     data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, device=device,
+                     max_train_batches=max_train_batches)
+    cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides)
+    summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
+                        search_meta=_search_meta(genotype))
+    if json:
+        print_json(summary)
+        return
+    s = summary["samples"]
+    print_table(f"Trained {genotype}", ["setting", "value"], [
+        ["network", f"{cfg.layers} cells, C={cfg.C}, aux head {'on' if cfg.auxiliary else 'off'}"],
+        ["data", f"{cfg.dataset} ({s['train']} train / {s['val']} val); OoD loss: {cfg.ood_dataset or 'off'}"],
+        ["epochs", f"{cfg.epochs}; best validation epoch {summary['best_epoch']}"],
+        ["best val acc (%)", "-" if summary["best_val_acc"] is None else f"{100 * summary['best_val_acc']:.2f}"],
+        ["test acc (%)", f"{100 * summary['test_acc']:.2f} on {s['test']} images of {summary['test_dataset']}"],
+        ["params (M, no aux)", f"{summary['params'] / 1e6:.4f}"],
+        ["MACs (M)", f"{summary['macs'] / 1e6:.2f}"],
+        ["wall time (s)", f"{summary['wall_s_this_run']:.1f}"],
+    ])
+    console.print(f"model: {summary['model']}  (evaluate with: e2rnas eval {summary['model']})", highlight=False)

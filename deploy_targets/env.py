@@ -1,0 +1,126 @@
+"""Facts about the machine a measurement ran on, so that a latency number can be read later.
+
+Everything here reads /proc and /sys or asks a package for its version; nothing is imported that is not
+installed, and every fact is optional (None when it cannot be known on this system).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def cpu_model() -> str | None:
+    text = _read("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "Model", "Hardware"):
+            return value.strip()
+    return platform.processor() or None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask: a container's share, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """Distinct (package, core) pairs among the usable CPUs: SMT siblings share one core's multiply-add units,
+    so one intra-op thread per physical core is usually the fastest CPU setting."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        core, pkg = _read(f"{topo}/core_id"), _read(f"{topo}/physical_package_id")
+        if core is None:
+            return len(cpus)
+        cores.add((pkg.strip() if pkg else "0", core.strip()))
+    return max(1, len(cores))
+
+
+def memory_total_gb() -> float | None:
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith("MemTotal:"):
+            return round(int(line.split()[1]) / 2**20, 2)
+    return None
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _tensorrt_version() -> str | None:
+    for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
+        v = package_version(dist)
+        if v:
+            return v
+    return None
+
+
+def _gpu() -> dict[str, Any] | None:
+    if package_version("torch") is None:
+        return None
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    i = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(i)
+    return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
+            "memory_gb": round(props.total_memory / 2**30, 2), "count": torch.cuda.device_count(),
+            "cuda": torch.version.cuda, "driver": _read("/proc/driver/nvidia/version")}
+
+
+def environment(*, threads: int | None = None, gpu: bool = True) -> dict[str, Any]:
+    """CPU, cores, threads used, GPU and versions of every runtime that can take part in a measurement."""
+    ort_providers = None
+    if package_version("onnxruntime") or package_version("onnxruntime-gpu"):
+        import onnxruntime as ort
+
+        ort_providers = ort.get_available_providers()
+    driver = None
+    info = _gpu() if gpu else None
+    if info and info.get("driver"):
+        driver = info.pop("driver").splitlines()[0].strip()
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable_cpus(),
+        "physical_cores": physical_cores(),
+        "threads": threads,
+        "memory_gb": memory_total_gb(),
+        "gpu": info,
+        "nvidia_driver": driver,
+        "versions": {
+            "python": platform.python_version(),
+            "numpy": package_version("numpy"),
+            "torch": package_version("torch"),
+            "onnx": package_version("onnx"),
+            "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+            "tensorrt": _tensorrt_version(),
+            "e2rnas": package_version("e2rnas"),
+        },
+        "onnxruntime_providers": ort_providers,
+    }

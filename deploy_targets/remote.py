@@ -1,0 +1,187 @@
+"""A device reached over SSH (a Jetson): copy the artifact and ``remote_runner.py``, run it, read its JSON.
+
+Only OpenSSH's ``ssh`` and ``scp`` are used, through argument lists (never a local shell). The one string the
+remote shell sees is a fixed argv whose parts are each ``shlex.quote``d. Host keys are always checked
+(``StrictHostKeyChecking=yes``, ``BatchMode=yes``: no prompt, no trust on first use); pass ``--known-hosts`` to use
+a file other than ``~/.ssh/known_hosts``. Everything is copied into a fresh ``mktemp -d`` directory that is removed
+afterwards, also when the run fails.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from e2rnas.errors import E2RNASError
+
+RUNNER_SCRIPT = Path(__file__).with_name("remote_runner.py")
+REMOTE_SUFFIXES = (".onnx", ".engine", ".plan")
+_HOST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])$")
+_REMOTE_DIR = re.compile(r"^/[A-Za-z0-9._/-]*e2rnas\.[A-Za-z0-9]+$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._/~+-]+$")
+
+
+class RemoteError(E2RNASError):
+    """The device could not be reached or the run on it failed."""
+
+
+@dataclass(frozen=True)
+class SshConfig:
+    """How to reach the device. ``host`` is ``user@address`` (or ``address``: the local user name)."""
+
+    host: str
+    port: int = 22
+    identity: Path | None = None
+    known_hosts: Path | None = None
+    remote_python: str = "python3"
+    connect_timeout: int = 10
+
+    def __post_init__(self) -> None:
+        if not _HOST.match(self.host):
+            raise RemoteError(f"bad --host {self.host!r}: use user@address (letters, digits, '.', '-', or [IPv6])")
+        if not 0 < self.port < 65536:
+            raise RemoteError(f"bad --port {self.port}: use 1-65535")
+        for name, path in (("--identity", self.identity), ("--known-hosts", self.known_hosts)):
+            if path is not None:
+                if not Path(path).is_file():
+                    raise RemoteError(f"{name} file not found: {path}")
+                if not _SAFE_PATH.match(str(Path(path).resolve())):
+                    raise RemoteError(f"{name} path {path} has characters ssh options cannot carry; move or link it")
+        if not _SAFE_PATH.match(self.remote_python) or self.remote_python.startswith("-"):
+            raise RemoteError(f"bad --remote-python {self.remote_python!r}: give a program name or an absolute path")
+
+    @property
+    def where(self) -> str:
+        return f"{self.host} port {self.port}"
+
+    def options(self) -> list[str]:
+        """Options shared by ssh and scp (scp takes the port as -P, added by the callers)."""
+        opts = ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+                "-o", f"ConnectTimeout={self.connect_timeout}", "-o", "LogLevel=ERROR"]
+        if self.known_hosts is not None:
+            opts += ["-o", f"UserKnownHostsFile={Path(self.known_hosts).resolve()}", "-o",
+                     "GlobalKnownHostsFile=/dev/null"]
+        if self.identity is not None:
+            opts += ["-o", "IdentitiesOnly=yes", "-i", str(Path(self.identity).resolve())]
+        return opts
+
+
+def _one_line_reason(stderr: str, returncode: int) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("**")]
+    return lines[-1] if lines else f"exit code {returncode}"
+
+
+def _hint(reason: str) -> str:
+    r = reason.lower()
+    if "host key" in r or "identification has changed" in r or "host key verification failed" in r:
+        return ("the device's host key is unknown or changed: add it to --known-hosts "
+                "(ssh-keyscan -p PORT HOST, then compare the fingerprint with the device's)")
+    if "permission denied" in r:
+        return "the key was refused: pass --identity KEY whose public half is in the device's authorized_keys"
+    if any(s in r for s in ("refused", "timed out", "no route", "could not resolve", "unreachable")):
+        return "check --host and --port, the network, and that sshd runs on the device"
+    return "run the same ssh command by hand to see why"
+
+
+def ssh(cfg: SshConfig, argv: Sequence[str], *, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    """Run a fixed argv on the device; its parts are quoted, so input never becomes remote shell syntax."""
+    cmd = ["ssh", *cfg.options(), "-p", str(cfg.port), "--", cfg.host, shlex.join(argv)]
+    return _run(cmd, cfg, timeout=timeout, what=what)
+
+
+def scp(cfg: SshConfig, local: Path, remote_path: str, *, timeout: float) -> None:
+    # An absolute local path: "name:with:colons" would otherwise be read as a remote host.
+    cmd = ["scp", "-q", *cfg.options(), "-P", str(cfg.port), "--", str(Path(local).resolve()),
+           f"{cfg.host}:{remote_path}"]
+    _run(cmd, cfg, timeout=timeout, what=f"copying {Path(local).name}")
+
+
+def _run(cmd: list[str], cfg: SshConfig, *, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError as exc:
+        raise RemoteError(f"{cmd[0]} not found: install the OpenSSH client (openssh-client)") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise RemoteError(f"{what} on {cfg.where} took longer than {timeout:.0f} s; check the device") from exc
+    if proc.returncode == 255 or (proc.returncode != 0 and cmd[0] == "scp"):
+        reason = _one_line_reason(proc.stderr, proc.returncode)
+        raise RemoteError(f"ssh to {cfg.where} failed while {what}: {reason.rstrip('.')}; {_hint(reason)}")
+    return proc
+
+
+def make_remote_dir(cfg: SshConfig) -> str:
+    proc = ssh(cfg, ["mktemp", "-d", "-t", "e2rnas.XXXXXXXX"], timeout=cfg.connect_timeout + 30,
+               what="creating a temporary directory")
+    path = proc.stdout.strip()
+    if proc.returncode != 0 or not _REMOTE_DIR.match(path) or ".." in path:
+        raise RemoteError(f"mktemp on {cfg.where} gave {path!r} (exit {proc.returncode}); is it a POSIX system?")
+    return path
+
+
+def remove_remote_dir(cfg: SshConfig, path: str) -> bool:
+    if not _REMOTE_DIR.match(path) or ".." in path:  # never rm anything but the directory mktemp gave us
+        return False
+    try:
+        proc = ssh(cfg, ["rm", "-rf", "--", path], timeout=cfg.connect_timeout + 30, what="removing the copies")
+    except RemoteError:
+        return False
+    return proc.returncode == 0
+
+
+def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequence[int] = (1,), warmup: int = 10,
+               runs: int | None = None, duration: float | None = None, backend: str = "auto",
+               providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
+               precision: str = "fp32", workspace_mb: int | None = None, cuda_graph: bool = False,
+               input_name: str = "images", input_shape: Sequence[int] = (3, 32, 32),
+               timeout: float = 1800) -> dict[str, Any]:
+    """Latency of ``artifact`` measured on the device; the parsed runner JSON plus where it ran."""
+    artifact = Path(artifact)
+    if not artifact.is_file():
+        raise RemoteError(f"artifact not found: {artifact}")
+    if artifact.suffix not in REMOTE_SUFFIXES:
+        raise RemoteError(f"{artifact.name}: a remote target runs ONNX or TensorRT files, not {artifact.suffix!r}; "
+                          "export it first (e2rnas export --onnx)")
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]+", input_name):
+        raise RemoteError(f"unusual input name {input_name!r}")
+    remote_dir = make_remote_dir(ssh_config)
+    removed = False
+    try:
+        remote_artifact = f"{remote_dir}/model{artifact.suffix}"
+        scp(ssh_config, artifact, remote_artifact, timeout=timeout)
+        scp(ssh_config, RUNNER_SCRIPT, f"{remote_dir}/remote_runner.py", timeout=60)
+        argv = [ssh_config.remote_python, f"{remote_dir}/remote_runner.py", "--artifact", remote_artifact,
+                "--batch", ",".join(str(int(b)) for b in batch_sizes), "--warmup", str(int(warmup)),
+                "--backend", backend, "--providers", ",".join(providers), "--precision", precision,
+                "--input-name", input_name, "--input-shape", "x".join(str(int(d)) for d in input_shape)]
+        argv += ["--runs", str(int(runs))] if runs is not None else []
+        argv += ["--duration", str(float(duration))] if duration is not None else []
+        argv += ["--threads", str(int(threads))] if threads else []
+        argv += ["--workspace-mb", str(int(workspace_mb))] if workspace_mb else []
+        argv += ["--cuda-graph"] if cuda_graph else []
+        proc = ssh(ssh_config, argv, timeout=timeout, what="running the benchmark")
+        result = _parse_runner_output(proc, ssh_config)
+    finally:
+        removed = remove_remote_dir(ssh_config, remote_dir)
+    return {**result, "host": ssh_config.host, "port": ssh_config.port, "remote_dir": remote_dir,
+            "remote_dir_removed": removed}
+
+
+def _parse_runner_output(proc: subprocess.CompletedProcess[str], cfg: SshConfig) -> dict[str, Any]:
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip().startswith("{")]
+    if not lines:
+        reason = _one_line_reason(proc.stderr, proc.returncode)
+        raise RemoteError(f"the runner on {cfg.where} printed no result: {reason}; "
+                          "does --remote-python point at a Python with numpy and onnxruntime or tensorrt?")
+    try:
+        data = json.loads(lines[-1])
+    except json.JSONDecodeError as exc:
+        raise RemoteError(f"the runner on {cfg.where} printed unreadable JSON ({exc})") from exc
+    if not data.get("ok"):
+        raise RemoteError(f"the runner on {cfg.where} failed: {data.get('error', 'no reason given')}")
+    return data

@@ -1,0 +1,200 @@
+"""One E2RNAS step: the lower-level weight update (eq. 8) and the multi-objective upper-level update (eqs. 9, 10).
+
+Both levels are evaluated at (theta_t, alpha_t): the lower-level gradient g = grad_theta L_lower(theta_t, alpha_t)
+is computed once and serves both the weight step (eq. 8, exactly) and the unrolled weights
+theta' = theta_t - xi * (momentum buffer + g + wd theta_t) of the second-order approximation (DARTS' unroll).
+Each objective's gradient is computed once, w.r.t. alpha and theta'; MGDA weighs the alpha-gradients; the
+second-order term is one Hessian-vector product, by central finite differences, for the weighted combination of the
+data objectives' theta'-gradients (it is linear in them). See ``docs/bilevel-step.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from e2rnas.attacks import fgsm
+from e2rnas.cost import CostModel
+from e2rnas.errors import E2RNASError
+from e2rnas.mgda import Weighting
+from e2rnas.objectives import Objective, ObjectiveContext, ood_kl_uniform
+from e2rnas.search_model import SearchNetwork
+
+
+class DivergenceError(E2RNASError):
+    """A loss became NaN or Inf."""
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_ood_lower: torch.Tensor | None = None
+    x_ood_upper: torch.Tensor | None = None
+
+
+@dataclass
+class StepResult:
+    lower_loss: float
+    losses: dict[str, float]
+    gammas: dict[str, float]
+    effective: dict[str, float]
+    params_m: float
+    macs_m: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class BilevelStep:
+    """Owns no data: give it a batch, it updates the supernet's weights and alphas in place."""
+
+    def __init__(self, model: SearchNetwork, *, objectives: list[Objective], weighting: Weighting,
+                 cost_model: CostModel | None, w_optimizer: torch.optim.SGD, a_optimizer: torch.optim.Optimizer,
+                 first_order: bool = False, ll_ood: bool = True, ll_adv: bool = False, eps: float = 2 / 255,
+                 fgsm_step: float = 1.25, grad_clip: float = 5.0, params_bound_m: float | None = None,
+                 macs_bound_m: float | None = None, hvp_eps: float = 0.01):
+        self.model = model
+        self.objectives = objectives
+        self.weighting = weighting
+        self.cost_model = cost_model
+        self.w_optimizer = w_optimizer
+        self.a_optimizer = a_optimizer
+        self.first_order = first_order
+        self.ll_ood = ll_ood
+        self.ll_adv = ll_adv
+        self.eps = eps
+        self.fgsm_step = fgsm_step
+        self.grad_clip = grad_clip
+        self.params_bound_m = params_bound_m
+        self.macs_bound_m = macs_bound_m
+        self.hvp_eps = hvp_eps
+        self.weight_names = list(model.named_weight_parameters())
+        self.weights = list(model.named_weight_parameters().values())
+        self.alphas = model.arch_parameters()
+        if {o.name for o in objectives} & {"params", "flops"} and cost_model is None:
+            raise ValueError("the params/flops objectives need a cost model")
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _forward(self, theta: list[torch.Tensor] | None):
+        if theta is None:
+            return self.model
+        params = dict(zip(self.weight_names, theta, strict=True))
+        return lambda x: functional_call(self.model, params, (x,))
+
+    def _lower_loss(self, forward, batch: StepBatch, x_train_adv: torch.Tensor | None) -> torch.Tensor:
+        loss = F.cross_entropy(forward(batch.x_train), batch.y_train)
+        if self.ll_ood and batch.x_ood_lower is not None:
+            loss = loss + ood_kl_uniform(forward(batch.x_ood_lower))
+        if x_train_adv is not None:
+            loss = loss + F.cross_entropy(forward(x_train_adv), batch.y_train)
+        return loss
+
+    def _unrolled(self, g: list[torch.Tensor], xi: float) -> list[torch.Tensor]:
+        group = self.w_optimizer.param_groups[0]
+        momentum, wd = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+        out = []
+        for p, gp in zip(self.weights, g, strict=True):
+            buf = self.w_optimizer.state.get(p, {}).get("momentum_buffer")
+            step = gp + wd * p.detach()
+            if buf is not None and momentum:
+                step = step + momentum * buf
+            out.append((p.detach() - xi * step).requires_grad_(True))
+        return out
+
+    def _hvp(self, v: list[torch.Tensor], batch: StepBatch, x_train_adv: torch.Tensor | None) -> list[torch.Tensor]:
+        """grad_alpha grad_theta L_lower . v by central differences at theta +- eps v (DARTS, eq. 8 of DARTS)."""
+        norm = torch.sqrt(sum((t * t).sum() for t in v))
+        if float(norm) == 0.0:
+            return [torch.zeros_like(a) for a in self.alphas]
+        r = self.hvp_eps / norm
+        grads = []
+        for sign in (1.0, -1.0):
+            theta = [p.detach() + sign * r * t for p, t in zip(self.weights, v, strict=True)]
+            loss = self._lower_loss(self._forward(theta), batch, x_train_adv)
+            grads.append(torch.autograd.grad(loss, self.alphas, allow_unused=True, materialize_grads=True))
+        return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
+
+    # -- the step ----------------------------------------------------------------------------------------------
+    def step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None) -> StepResult:
+        model = self.model
+        model.train()
+        x_train_adv = None
+        if self.ll_adv:
+            x_train_adv = fgsm(model, batch.x_train, batch.y_train, eps=self.eps, step_size=self.fgsm_step * self.eps,
+                               generator=generator)
+        lower = self._lower_loss(model, batch, x_train_adv)
+        _check_finite({"lower": lower})
+        g = list(torch.autograd.grad(lower, self.weights, allow_unused=True, materialize_grads=True))
+
+        second_order = not self.first_order
+        theta = self._unrolled(g, lr) if second_order else None
+        forward = self._forward(theta)
+        names = [o.name for o in self.objectives]
+        x_adv = None
+        if "adv" in names:
+            x_adv = fgsm(model, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
+                         generator=generator)
+        params_m = macs_m = None
+        if self.cost_model is not None:
+            params_m, macs_m = self.cost_model.expected_cost(model.alpha_normal, model.alpha_reduce)
+        ctx = ObjectiveContext(forward=forward, x_val=batch.x_val, y_val=batch.y_val, x_adv=x_adv,
+                               x_ood=batch.x_ood_upper, params_m=params_m, macs_m=macs_m,
+                               params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m)
+        losses, alpha_grads, theta_grads = [], [], []
+        n_arch = sum(not o.uses_weights for o in self.objectives)
+        for obj in self.objectives:
+            loss = obj(ctx)
+            losses.append(loss.detach())
+            wrt = list(self.alphas) + (theta if (second_order and obj.uses_weights) else [])
+            n_arch -= not obj.uses_weights
+            grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True,
+                                        retain_graph=not obj.uses_weights and n_arch > 0)
+            alpha_grads.append(torch.cat([t.reshape(-1) for t in grads[:len(self.alphas)]]))
+            theta_grads.append(grads[len(self.alphas):] if obj.uses_weights else None)
+        _check_finite(dict(zip(names, losses, strict=True)))
+
+        G = torch.stack(alpha_grads)
+        loss_vec = torch.stack(losses)
+        gamma, eff = self.weighting.weights(G, loss_vec, names)
+        eff = eff.to(G.dtype)
+        combined = (eff[:, None] * G).sum(0)
+        if second_order and any(t is not None for t in theta_grads):
+            v = None
+            for w, tg in zip(eff, theta_grads, strict=True):
+                if tg is None:
+                    continue
+                v = [w * t for t in tg] if v is None else [a + w * t for a, t in zip(v, tg, strict=True)]
+            implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv)])
+            combined = combined - lr * implicit
+
+        # Apply both updates, each evaluated at (theta_t, alpha_t).
+        for p, gp in zip(self.weights, g, strict=True):
+            p.grad = gp
+        torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
+        self.w_optimizer.step()
+        offset = 0
+        for a in self.alphas:
+            a.grad = combined[offset:offset + a.numel()].view_as(a).to(a.dtype)
+            offset += a.numel()
+        self.a_optimizer.step()
+        self.w_optimizer.zero_grad(set_to_none=True)
+        self.a_optimizer.zero_grad(set_to_none=True)
+        return StepResult(
+            lower_loss=float(lower.detach()),
+            losses={n: float(v) for n, v in zip(names, loss_vec, strict=True)},
+            gammas={n: float(v) for n, v in zip(names, gamma, strict=True)},
+            effective={n: float(v) for n, v in zip(names, eff, strict=True)},
+            params_m=float(params_m.detach()) if params_m is not None else float("nan"),
+            macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
+        )
+
+
+def _check_finite(losses: dict[str, torch.Tensor]) -> None:
+    bad = [n for n, v in losses.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise DivergenceError(f"objective(s) {', '.join(bad)} became NaN/Inf; the last good checkpoint is kept "
+                              f"(lower the learning rates or check the data, then --resume)")

@@ -1,0 +1,228 @@
+"""Clean accuracy, FGSM / PGD accuracy and OoD detection of any predictor (torch, ONNX Runtime, TensorRT).
+
+Everything is measured through the predict interface (float32 pixels in [0, 1] in, logits out). Attacks need
+gradients: on a ``TorchPredictor`` they are white-box; on any other predictor the adversarial images are made on
+``attack_model`` (the torch model the artifact was exported from) and then classified by the artifact, a transfer
+evaluation that is recorded as such. See docs/evaluation-protocol.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from e2rnas.attacks import pgd
+from e2rnas.data import ImageSet, batches
+from e2rnas.errors import E2RNASError
+from e2rnas.ood_metrics import max_softmax, ood_metrics
+from e2rnas.predict import Predictor, TorchPredictor
+from e2rnas.presets import PRESETS
+
+METRICS = ("accuracy", "robustness", "ood")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """L-inf attacks in pixel space [0, 1]; ``step_size=None`` is 2.5 eps / steps (Madry et al.)."""
+
+    eps: float = 2 / 255
+    steps: int = 10
+    step_size: float | None = None
+    random_start: bool = False
+    fgsm_eps: float | None = None  # None: eps
+    batch_size: int = 200
+    max_samples: int | None = None  # None: every test (and OoD) image
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (0 <= self.eps <= 1, f"eps must be in [0, 1] (pixel scale), got {self.eps}"),
+            (self.steps >= 0, f"steps must be >= 0, got {self.steps}"),
+            (self.step_size is None or self.step_size >= 0, f"step_size must be >= 0, got {self.step_size}"),
+            (self.fgsm_eps is None or 0 <= self.fgsm_eps <= 1, f"fgsm_eps must be in [0, 1], got {self.fgsm_eps}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_samples is None or self.max_samples >= 1, f"max_samples must be >= 1, got {self.max_samples}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise E2RNASError(f"bad evaluation setting: {message}")
+
+    @property
+    def pgd_step(self) -> float:
+        return 2.5 * self.eps / max(self.steps, 1) if self.step_size is None else self.step_size
+
+    @property
+    def fgsm_size(self) -> float:
+        return self.eps if self.fgsm_eps is None else self.fgsm_eps
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "pgd_step_size": self.pgd_step, "fgsm_eps": self.fgsm_size, "norm": "Linf",
+                "pixel_range": [0.0, 1.0], "fgsm": "one step of fgsm_eps from the clean image, no random start",
+                "ood_score": "max softmax probability; AUPR-out ranks by -MSP (OoD positive)"}
+
+
+#: Named protocols: the paper's (eps 2/255, PGD-10, step 2.5 eps / 10) and the usual RobustBench-style L-inf check.
+PROTOCOLS: dict[str, EvalProtocol] = {
+    "paper": EvalProtocol(**PRESETS["paper"]["eval"]),
+    "robustbench": EvalProtocol(eps=8 / 255, steps=20, step_size=2 / 255, random_start=True),
+}
+
+
+def protocol_from(name: str, **overrides: Any) -> EvalProtocol:
+    """A named protocol with the given fields replaced (``None`` values are ignored)."""
+    if name not in PROTOCOLS:
+        raise E2RNASError(f"unknown evaluation preset {name!r}; choose from {', '.join(PROTOCOLS)}")
+    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@contextmanager
+def _attack_mode(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode, parameter gradients off (the attack needs input gradients only); restored afterwards."""
+    was_training = module.training
+    flags = [p.requires_grad for p in module.parameters()]
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    try:
+        yield module
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        module.train(was_training)
+
+
+class _Bar:
+    def __init__(self, enabled: bool, total: int):
+        self.bar = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task("evaluate", total=total)
+
+    def __enter__(self) -> _Bar:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def advance(self, description: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, advance=1, description=description)
+
+
+def evaluate(predictor: Predictor, *, test: ImageSet, ood: ImageSet | None = None,
+             protocol: EvalProtocol = PROTOCOLS["paper"], attack_model: torch.nn.Module | None = None,
+             metrics: Sequence[str] = METRICS, progress: bool = False) -> dict[str, Any]:
+    """Accuracies (fractions in [0, 1]), OoD metrics and the protocol, as one JSON-ready dict."""
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise E2RNASError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    test = test.head(protocol.max_samples)
+    ood = ood.head(protocol.max_samples) if ood is not None and "ood" in metrics else None
+    notes: list[str] = []
+    attacker, attack = None, None
+    if "robustness" in metrics:
+        if isinstance(predictor, TorchPredictor):
+            attacker, attack = predictor.module, "white-box"
+        elif attack_model is not None:
+            attacker, attack = attack_model, "transfer from torch"
+        else:
+            notes.append(f"robustness skipped: a {predictor.name} predictor has no gradients; pass the source "
+                         "torch model (attack_model / --source-model) for a transfer attack")
+    if "ood" in metrics and ood is None:
+        notes.append("OoD detection skipped: no OoD data set (pass --ood-dataset)")
+
+    bs = protocol.batch_size
+    n_test_batches = -(-len(test) // bs)
+    n_ood_batches = -(-len(ood) // bs) if ood is not None else 0
+    gen = torch.Generator().manual_seed(protocol.seed)
+    correct = {"clean": 0, "fgsm": 0, "pgd": 0}
+    in_scores: list[np.ndarray] = []
+    t0 = time.perf_counter()
+    with _Bar(progress, n_test_batches + n_ood_batches) as bar, \
+            (_attack_mode(attacker) if attacker is not None else _null()) as module:
+        device = next(module.parameters()).device if module is not None else None
+        for x, y in batches(test, bs, shuffle=False):
+            logits = predictor(x.numpy())
+            correct["clean"] += int((logits.argmax(1) == y.numpy()).sum())
+            in_scores.append(max_softmax(logits))
+            if module is not None:
+                xd, yd = x.to(device), y.to(device)
+                x_fgsm = pgd(module, xd, yd, eps=protocol.fgsm_size, steps=1, step_size=protocol.fgsm_size)
+                correct["fgsm"] += int((predictor(x_fgsm.cpu().numpy()).argmax(1) == y.numpy()).sum())
+                x_pgd = pgd(module, xd, yd, eps=protocol.eps, steps=protocol.steps, step_size=protocol.pgd_step,
+                            random_start=protocol.random_start, generator=gen)
+                correct["pgd"] += int((predictor(x_pgd.cpu().numpy()).argmax(1) == y.numpy()).sum())
+            bar.advance("attacks on test images" if module is not None else "test images")
+        out_scores = []
+        if ood is not None:
+            for x, _ in batches(ood, bs, shuffle=False):
+                out_scores.append(max_softmax(predictor(x.numpy())))
+                bar.advance("OoD images")
+    n = len(test)
+    result: dict[str, Any] = {
+        "predictor": predictor.name, "attack": attack,
+        "clean_acc": correct["clean"] / n if "accuracy" in metrics or attack else None,
+        "test_err": 1 - correct["clean"] / n if "accuracy" in metrics or attack else None,
+        "fgsm_acc": correct["fgsm"] / n if attack else None,
+        "pgd_acc": correct["pgd"] / n if attack else None,
+        "ood": ood_metrics(np.concatenate(in_scores), np.concatenate(out_scores)) if ood is not None else None,
+        "samples": {"test": n, "ood": len(ood) if ood is not None else 0},
+        "datasets": {"test": test.name, "ood": ood.name if ood is not None else None},
+        "protocol": protocol.as_dict(), "notes": notes, "time_s": round(time.perf_counter() - t0, 3),
+    }
+    return result
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield None
+
+
+@dataclass(frozen=True)
+class EvalData:
+    test: ImageSet
+    ood: ImageSet | None
+    specs: dict[str, Any]
+
+
+def eval_data(data_meta: dict[str, Any], *, dataset: str | None = None, test_dataset: str | None = None,
+              ood_dataset: str | None = None, data_dir: str | Path | None = None, download: bool = False,
+              image_size: int | None = None) -> EvalData:
+    """The test and OoD sets for a model: flags first, then what ``model.pt`` recorded (``data`` meta).
+
+    ``ood_dataset="none"`` turns OoD detection off. Split-less sets (npz:, imagefolder:) give their 20% test
+    part, the part training never saw (``e2rnas.train.load_split``).
+    """
+    from e2rnas.train import load_split, load_test_set
+
+    spec = dataset or data_meta.get("dataset")
+    if not spec:
+        raise E2RNASError("no data set to evaluate on: pass --dataset (the artifact records none; "
+                          "--source-model model.pt supplies it)")
+    test_spec = test_dataset or (data_meta.get("test_dataset") if spec == data_meta.get("dataset") else None)
+    ood_spec = ood_dataset or data_meta.get("ood_dataset")
+    ood_spec = None if ood_spec in (None, "", "none") else ood_spec
+    size = image_size or data_meta.get("image_size")
+    kw: dict[str, Any] = dict(data_dir=data_dir or data_meta.get("data_dir"), download=download, image_size=size)
+    test = load_test_set(spec, test_spec, **kw)
+    n_cls = data_meta.get("num_classes")
+    if n_cls is not None and int(test.y.max()) >= n_cls:
+        raise E2RNASError(f"test set {test.name} has label {int(test.y.max())} but the model has {n_cls} classes; "
+                          "pass the data set the model was trained on")
+    ood = load_split(ood_spec, "test", **kw) if ood_spec else None
+    return EvalData(test, ood, {"dataset": spec, "test_dataset": test_spec, "ood_dataset": ood_spec,
+                                "image_size": test.image_size})

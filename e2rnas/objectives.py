@@ -1,0 +1,102 @@
+"""The five upper-level objectives, one small object each, in a registry.
+
+Data objectives (``val``, ``ood``, ``adv``) see the network through ``ctx.forward`` (the supernet at the
+unrolled weights); architecture objectives (``params``, ``flops``) see only the cost estimate of alpha.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ObjectiveContext:
+    """What an objective may read: a forward function, the batches, and the cost estimate with its bounds."""
+
+    forward: Forward | None = None
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    x_adv: torch.Tensor | None = None
+    x_ood: torch.Tensor | None = None
+    params_m: torch.Tensor | None = None  # N(alpha), M params of the deploy network
+    macs_m: torch.Tensor | None = None  # F(alpha), M MACs of the deploy network
+    params_bound_m: float | None = None  # L
+    macs_bound_m: float | None = None  # F
+
+
+def ood_kl_uniform(logits: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of KL(U || softmax(logits)) = -log K - mean_k log p_k (eq. 3)."""
+    log_p = F.log_softmax(logits, dim=1)
+    return (-math.log(logits.shape[1]) - log_p.mean(dim=1)).mean()
+
+
+class Objective:
+    name: str = ""
+    uses_weights: bool = True  # depends on the network weights (gets the second-order term)
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class ValLoss(Objective):
+    """Cross-entropy on the architecture (validation) batch."""
+
+    name = "val"
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return F.cross_entropy(ctx.forward(ctx.x_val), ctx.y_val)
+
+
+class OodLoss(Objective):
+    """KL(U || softmax) on an OoD batch: pushes OoD predictions towards uniform (eq. 3)."""
+
+    name = "ood"
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return ood_kl_uniform(ctx.forward(ctx.x_ood))
+
+
+class AdvLoss(Objective):
+    """Cross-entropy on the FGSM-perturbed validation batch (eq. 4); the perturbation is made beforehand."""
+
+    name = "adv"
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return F.cross_entropy(ctx.forward(ctx.x_adv), ctx.y_val)
+
+
+class ParamsLoss(Objective):
+    """|N(alpha) - L| / L (eq. 5), relative so that it is unit-free like the flops objective."""
+
+    name = "params"
+    uses_weights = False
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return (ctx.params_m - ctx.params_bound_m).abs() / ctx.params_bound_m
+
+
+class FlopsLoss(Objective):
+    """|F(alpha) - F| / F (eq. 6), on multiply-adds (MACs) of the deploy network."""
+
+    name = "flops"
+    uses_weights = False
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return (ctx.macs_m - ctx.macs_bound_m).abs() / ctx.macs_bound_m
+
+
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (ValLoss, OodLoss, AdvLoss, ParamsLoss, FlopsLoss)}
+
+
+def make_objectives(names: tuple[str, ...]) -> list[Objective]:
+    unknown = [n for n in names if n not in OBJECTIVES]
+    if unknown or not names:
+        raise ValueError(f"unknown objective(s) {unknown or names}; choose from {', '.join(OBJECTIVES)}")
+    return [OBJECTIVES[n]() for n in names]

@@ -1,0 +1,321 @@
+"""The E2RNAS search loop: data, supernet, optimisers, the bi-level step, checkpoints, resume and the run directory.
+
+Run directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (per step and per epoch), ``alphas.jsonl`` (alpha
+history per epoch), ``genotype.json``, ``summary.json`` (bounds, estimates, exact cost) and ``checkpoint.pt``
+(atomic, every epoch and on Ctrl-C). The final genotype comes from the final alphas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
+from e2rnas.bilevel import BilevelStep, StepBatch, StepResult
+from e2rnas.cost import CostModel, DeployShape
+from e2rnas.data import ImageSet, batches, cycle, load_dataset, normalization_for, split_indices
+from e2rnas.errors import E2RNASError
+from e2rnas.mgda import Weighting
+from e2rnas.objectives import OBJECTIVES, make_objectives
+from e2rnas.search_model import SearchNetwork
+
+METHODS = ("darts", "pc-darts", "p-darts")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Every setting of a search; defaults follow the paper (Section IV-B) except the data-scale ones."""
+
+    dataset: str = "cifar10"
+    ood_dataset: str | None = "svhn"
+    data_dir: str | None = None
+    download: bool = False
+    image_size: int | None = None
+    train_portion: float = 0.5
+    method: str = "darts"
+    partial_channels: int = 4  # PC-DARTS K
+    layers: int = 8
+    C: int = 16
+    epochs: int = 50
+    batch_size: int = 64
+    w_lr: float = 0.025
+    w_lr_min: float = 0.001
+    w_momentum: float = 0.9
+    w_weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    a_lr: float = 3e-4
+    a_beta1: float = 0.5
+    a_beta2: float = 0.999
+    a_weight_decay: float = 1e-3
+    objectives: tuple[str, ...] = ("val", "ood", "adv", "params", "flops")
+    weighting: str = "mgda"
+    normalization: str = "l2"
+    mgda_max_iter: int = 1000
+    first_order: bool = False
+    ll_ood: bool = True
+    ll_adv: bool = False
+    eps: float = 2 / 255
+    fgsm_step: float = 1.25
+    params_bound: float = 2.5  # L, M params of the deploy network
+    flops_bound: float = 425.0  # F, M MACs (multiply-adds) of the deploy network
+    deploy_layers: int = 20
+    deploy_C: int = 36
+    deploy_num_classes: int | None = None  # None: the data set's class count
+    deploy_input_size: int | None = None  # None: the search image size
+    seed: int = 0
+    device: str = "cpu"
+    max_steps_per_epoch: int | None = None
+    val_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if isinstance(self.objectives, str):
+            object.__setattr__(self, "objectives", tuple(s.strip() for s in self.objectives.split(",") if s.strip()))
+        else:
+            object.__setattr__(self, "objectives", tuple(self.objectives))
+        unknown = [o for o in self.objectives if o not in OBJECTIVES]
+        if unknown or not self.objectives:
+            raise ValueError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not 0 < self.train_portion < 1:
+            raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
+        if self.epochs < 1 or self.batch_size < 1 or self.layers < 3 or self.C < 1:
+            raise ValueError("epochs, batch_size and C must be positive and layers >= 3")
+        if self.params_bound <= 0 or self.flops_bound <= 0:
+            raise ValueError("params_bound (M params) and flops_bound (M MACs) must be positive")
+        if self.ood_dataset is None and ("ood" in self.objectives or self.ll_ood):
+            raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
+                             "--objectives without ood and --no-ll-ood)")
+        Weighting(self.weighting, self.normalization, self.mgda_max_iter)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["objectives"] = list(self.objectives)
+        return d
+
+
+@dataclass(frozen=True)
+class SearchData:
+    train: ImageSet
+    val: ImageSet
+    ood: ImageSet | None
+    num_classes: int
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def load_search_data(cfg: SearchConfig) -> SearchData:
+    """Half of the training split for the weights and half for the architecture (stratified, fixed seed)."""
+    full = load_dataset(cfg.dataset, split="train", data_dir=cfg.data_dir, download=cfg.download,
+                        image_size=cfg.image_size)
+    w_idx, a_idx = split_indices(full.y.numpy(), 1 - cfg.train_portion, seed=cfg.seed)
+    ood = None
+    if cfg.ood_dataset is not None:
+        ood = load_dataset(cfg.ood_dataset, split="train" if cfg.ood_dataset != "digits-ood" else "all",
+                           data_dir=cfg.data_dir, download=cfg.download, image_size=full.image_size)
+    mean, std = normalization_for(cfg.dataset, full)
+    return SearchData(full.subset(w_idx), full.subset(a_idx), ood, full.num_classes, full.image_size, mean, std)
+
+
+def deploy_shape(cfg: SearchConfig, data: SearchData) -> DeployShape:
+    return DeployShape(layers=cfg.deploy_layers, C=cfg.deploy_C,
+                       num_classes=cfg.deploy_num_classes or data.num_classes,
+                       input_size=cfg.deploy_input_size or data.image_size)
+
+
+class SearchRun:
+    """State of one search (model, optimisers, generators, counters); saves and restores itself."""
+
+    def __init__(self, cfg: SearchConfig, data: SearchData, out_dir: Path):
+        self.cfg, self.data, self.out_dir = cfg, data, Path(out_dir)
+        torch.manual_seed(cfg.seed)
+        self.device = torch.device(cfg.device)
+        self.model = SearchNetwork(cfg.C, cfg.layers, data.num_classes,
+                                   partial_channels=cfg.partial_channels if cfg.method == "pc-darts" else 1,
+                                   mean=data.mean, std=data.std).to(self.device)
+        self.cost_model = CostModel(deploy_shape(cfg, data))
+        self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
+                                     weight_decay=cfg.w_weight_decay)
+        self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
+                                      weight_decay=cfg.a_weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
+        self.step_fn = BilevelStep(
+            self.model, objectives=make_objectives(cfg.objectives),
+            weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter), cost_model=self.cost_model,
+            w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
+            ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
+            grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order; state kept at epoch start
+        self.attack_gen = torch.Generator().manual_seed(cfg.seed + 1)  # FGSM random starts
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0  # steps completed in the current epoch (non-zero only after an interrupt)
+        self.epoch_start_data_state = self.data_gen.get_state()
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "checkpoint.pt"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+            "sched": self.sched.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "epoch_start_data_state": self.epoch_start_data_state, "attack_gen": self.attack_gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "config": self.cfg.as_dict(),
+        }
+
+    def save(self) -> None:
+        atomic_torch_save(self.checkpoint_path, self.state())
+
+    def load(self) -> None:
+        if not self.checkpoint_path.is_file():
+            raise E2RNASError(f"nothing to resume: {self.checkpoint_path} does not exist (drop --resume to start)")
+        blob = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        if blob["config"] != self.cfg.as_dict():
+            changed = sorted(k for k in blob["config"] if blob["config"][k] != self.cfg.as_dict().get(k))
+            raise E2RNASError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)}); "
+                              f"use the same settings or a new --out")
+        self.model.load_state_dict(blob["model"])
+        self.w_opt.load_state_dict(blob["w_opt"])
+        self.a_opt.load_state_dict(blob["a_opt"])
+        self.sched.load_state_dict(blob["sched"])
+        self.epoch, self.step_in_epoch = int(blob["epoch"]), int(blob["step_in_epoch"])
+        self.epoch_start_data_state = blob["epoch_start_data_state"]
+        self.attack_gen.set_state(blob["attack_gen"])
+        torch.set_rng_state(blob["torch_rng"])
+
+    def epoch_batches(self):
+        """The epoch's step batches, replayed from the epoch-start generator state (so a resume sees the same)."""
+        cfg, d = self.cfg, self.data
+        self.data_gen.set_state(self.epoch_start_data_state)
+        train = batches(d.train, cfg.batch_size, shuffle=True, generator=self.data_gen, drop_last=True)
+        val = cycle_labeled(d.val, cfg.batch_size, self.data_gen)
+        ood = cycle(d.ood, cfg.batch_size, generator=self.data_gen) if d.ood is not None else None
+        for k, (x_tr, y_tr) in enumerate(train):
+            if cfg.max_steps_per_epoch is not None and k >= cfg.max_steps_per_epoch:
+                return
+            x_val, y_val = next(val)
+            x_ood_lower = next(ood) if ood is not None else None
+            x_ood_upper = next(ood) if ood is not None else None
+            if k < self.step_in_epoch:
+                continue
+            to = self.device
+            yield StepBatch(x_tr.to(to), y_tr.to(to), x_val.to(to), y_val.to(to),
+                            None if x_ood_lower is None else x_ood_lower.to(to),
+                            None if x_ood_upper is None else x_ood_upper.to(to))
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.data.train) // self.cfg.batch_size or 1
+        return min(n, self.cfg.max_steps_per_epoch or n)
+
+    @torch.no_grad()
+    def val_accuracy(self) -> float:
+        self.model.eval()
+        correct = total = 0
+        for k, (x, y) in enumerate(batches(self.data.val, 256, shuffle=False)):
+            if k >= self.cfg.val_batches:
+                break
+            correct += int((self.model(x.to(self.device)).argmax(1).cpu() == y).sum())
+            total += len(y)
+        self.model.train()
+        return correct / max(total, 1)
+
+
+def cycle_labeled(data: ImageSet, batch_size: int, generator: torch.Generator):
+    while True:
+        yield from batches(data, batch_size, shuffle=True, generator=generator, drop_last=len(data) >= batch_size)
+
+
+def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
+    g = run.model.genotype()
+    exact = run.cost_model.genotype_cost(g)
+    return {"type": "step", "epoch": run.epoch, "step": step, "lower_loss": res.lower_loss, "objectives": res.losses,
+            "gammas": res.gammas, "effective_weights": res.effective, "expected_params_m": res.params_m,
+            "expected_macs_m": res.macs_m, "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
+            "lr": run.sched.get_last_lr()[0], "genotype": g.to_dict()}
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
+               on_step: ProgressFn | None = None, on_epoch: ProgressFn | None = None) -> dict[str, Any]:
+    """Search; returns the summary (also written as ``summary.json``). ``on_step``/``on_epoch`` get the records."""
+    import yaml
+
+    out_dir = Path(out_dir)
+    data = load_search_data(config)
+    run = SearchRun(config, data, out_dir)
+    if resume:
+        run.load()
+    elif run.checkpoint_path.exists():
+        raise E2RNASError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({"search": config.as_dict()}, sort_keys=False))
+    metrics, alphas = out_dir / "metrics.jsonl", out_dir / "alphas.jsonl"
+    if not resume:
+        metrics.unlink(missing_ok=True)
+        alphas.unlink(missing_ok=True)
+    try:
+        while run.epoch < config.epochs:
+            t0 = time.time()
+            lr = run.sched.get_last_lr()[0]
+            for batch in run.epoch_batches():
+                res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
+                run.step_in_epoch += 1
+                rec = _step_record(run, res, run.step_in_epoch)
+                append_jsonl(metrics, rec)
+                if on_step:
+                    on_step(rec | {"steps_per_epoch": run.steps_per_epoch(), "epochs": config.epochs})
+            run.sched.step()
+            run.epoch += 1
+            run.step_in_epoch = 0
+            run.epoch_start_data_state = run.data_gen.get_state()
+            genotype = run.model.genotype()
+            exact = run.cost_model.genotype_cost(genotype)
+            with torch.no_grad():
+                n_est, f_est = run.cost_model.expected_cost(run.model.alpha_normal, run.model.alpha_reduce)
+            epoch_rec = {"type": "epoch", "epoch": run.epoch, "val_accuracy": run.val_accuracy(),
+                         "expected_params_m": float(n_est), "expected_macs_m": float(f_est),
+                         "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
+                         "seconds": time.time() - t0, "genotype": genotype.to_dict()}
+            append_jsonl(metrics, epoch_rec)
+            append_jsonl(alphas, {"epoch": run.epoch, **{n: p.detach().cpu().tolist() for n, p in
+                                                          run.model.named_parameters()
+                                                          if n in ("alpha_normal", "alpha_reduce", "beta_normal",
+                                                                   "beta_reduce")}})
+            run.save()
+            if on_epoch:
+                on_epoch(epoch_rec | {"epochs": config.epochs})
+    except KeyboardInterrupt:
+        run.save()
+        raise
+    return finalize(run, out_dir)
+
+
+def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
+    genotype = run.model.genotype()
+    genotype.save(out_dir / "genotype.json")
+    exact = run.cost_model.genotype_cost(genotype)
+    with torch.no_grad():
+        n_est, f_est = run.cost_model.expected_cost(run.model.alpha_normal, run.model.alpha_reduce)
+    cfg = run.cfg
+    summary = {
+        "params_bound_m": cfg.params_bound, "flops_bound_m": cfg.flops_bound, "flops_unit": "MACs",
+        "expected_params_m": float(n_est), "expected_macs_m": float(f_est),
+        "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m, "exact_flops_m": exact.flops_m,
+        "deploy_shape": dataclasses.asdict(run.cost_model.shape), "objectives": list(cfg.objectives),
+        "weighting": cfg.weighting, "method": cfg.method, "first_order": cfg.first_order,
+        "dataset": cfg.dataset, "ood_dataset": cfg.ood_dataset, "epochs": run.epoch,
+        "val_accuracy": run.val_accuracy(), "genotype": genotype.to_dict(),
+    }
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+

@@ -1,0 +1,225 @@
+"""ONNX export: every genotype exports and matches torch, both exporters, metadata, simplification, int8, errors.
+
+Networks are tiny (C=4, 3-5 cells, 16x16, 5 classes) and the validation images come from the offline ``digits``
+set, so the file runs in well under a minute on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from e2rnas.cli.app import app
+from e2rnas.export import EXPORTERS, artifact_name, export_model, read_metadata
+from typer.testing import CliRunner
+
+from e2rnas.cost import DeployShape
+from e2rnas.data import batches, load_dataset, normalization_for
+from e2rnas.errors import E2RNASError
+from e2rnas.genotypes import GENOTYPES, Genotype
+from e2rnas.model_io import NetworkSpec, save_model
+from e2rnas.predict import OnnxRuntimePredictor, load_predictor
+
+TINY = DeployShape(layers=5, C=4, num_classes=5, input_size=16)
+FAST = dict(exporter="torchscript", shape=TINY, check_batch=7, validation_samples=14)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP spinning makes tiny convolutions 30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A real model.pt: a 3-cell C=4 DARTS_V2 network trained for 3 epochs on digits (about 2 s, ~90% accuracy)."""
+    train = load_dataset("digits", split="train")
+    mean, std = normalization_for("digits", train)
+    spec = NetworkSpec(C=4, layers=3, num_classes=5, input_size=16, mean=mean, std=std)
+    torch.manual_seed(0)
+    net = spec.build(GENOTYPES["DARTS_V2"])
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        net.train()
+        for x, y in batches(train, 32, shuffle=True, generator=gen):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    path = tmp_path_factory.mktemp("trained") / "model.pt"
+    save_model(path, model=net.eval(), genotype=GENOTYPES["DARTS_V2"], spec=spec,
+               data={"dataset": "digits", "num_classes": 5},
+               search={"params_bound_m": 0.1, "flops_bound_m": 5.0, "deploy_layers": 3})
+    return path
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} if folder.exists() else {}
+
+
+@pytest.mark.parametrize("name", sorted(GENOTYPES))
+def test_every_genotype_exports_checks_and_matches_torch(name, tmp_path):
+    (result,) = export_model(name, out_dir=tmp_path, **FAST)
+    assert result.ok, result.details
+    assert result.path == str(tmp_path / "model.onnx") and result.size_mb > 0
+    model = onnx.load(result.path)
+    onnx.checker.check_model(model, full_check=True)
+    assert [i.name for i in model.graph.input] == ["images"] and [o.name for o in model.graph.output] == ["logits"]
+    assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # dynamic batch
+    parity = result.details["parity"]
+    assert set(parity["per_batch"]) == {"batch1", "batch7"}
+    assert result.max_abs_diff <= 1e-4 and max(parity["per_batch"].values()) <= 1e-4
+    assert parity["samples"] == 14
+
+
+def test_registry_names_are_unique_and_predictable():
+    names = {artifact_name(f, p, trt_version="10.8.0.43", compute_capability=(9, 0)) for f, p in EXPORTERS}
+    assert len(names) == len(EXPORTERS)
+    assert artifact_name("onnx", "fp32") == "model.onnx"
+    assert artifact_name("onnx", "int8", static_batch=8) == "model.bs8.int8.onnx"
+    for cfg in EXPORTERS.values():
+        assert cfg.atol is not None or cfg.min_top1 > 0  # every artifact is judged by something
+
+
+def test_dynamo_exporter_writes_one_quiet_self_contained_file(tmp_path, capfd):
+    shape = DeployShape(layers=3, C=4, num_classes=5, input_size=16)
+    (result,) = export_model("E2RNAS", out_dir=tmp_path, exporter="dynamo", shape=shape, check_batch=7,
+                             validation_samples=7)
+    out, _ = capfd.readouterr()
+    assert "[torch.onnx]" not in out  # the exporter's progress lines are kept off stdout
+    assert result.ok and result.details["exporter"] == "dynamo" and "fallback_reason" not in result.details
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export.json", "model.onnx"]  # no .onnx.data file
+    model = onnx.load(result.path, load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert model.opset_import[0].version == 18 and result.max_abs_diff <= 1e-4
+
+
+def test_metadata_round_trip_from_a_trained_model(trained, tmp_path):
+    (result,) = export_model(trained, out_dir=tmp_path, exporter="torchscript", check_batch=7, validation_samples=14)
+    meta = read_metadata(result.path)
+    assert Genotype.from_dict(meta["genotype"]) == GENOTYPES["DARTS_V2"]
+    assert meta["input_size"] == 16 and meta["num_classes"] == 5 and meta["dataset"] == "digits"
+    assert meta["input"]["name"] == "images" and meta["input"]["range"] == [0.0, 1.0]
+    assert meta["normalization"]["in_graph"] and len(meta["normalization"]["mean"]) == 3
+    assert meta["search"]["params_bound_m"] == 0.1 and meta["trained"] is True
+    assert meta["e2rnas_version"] and meta["exporter"] == "torchscript" and meta["opset"] == 18
+    parity = result.details["parity"]
+    assert parity["accuracy_reference"] > 0.7 and parity["accuracy_candidate"] == parity["accuracy_reference"]
+    # the artifact works through the predict registry like any other
+    x = load_dataset("digits", split="test").head(5).tensors()[0].numpy()
+    with torch.no_grad():
+        from e2rnas.model_io import load_model
+
+        expected = load_model(trained).model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(load_predictor(result.path)(x), expected, atol=1e-4)
+
+
+def test_simplification_keeps_outputs(tmp_path):
+    plain, slim = tmp_path / "plain", tmp_path / "slim"
+    (a,) = export_model("PDARTS", out_dir=plain, **FAST)
+    (b,) = export_model("PDARTS", out_dir=slim, simplify=True, **FAST)
+    info = b.details["simplify"]
+    assert b.ok and info["nodes_after"] < info["nodes_before"]  # the TorchScript graph carries Identity nodes
+    x = np.random.default_rng(0).random((5, 3, 16, 16), dtype=np.float32)
+    np.testing.assert_allclose(OnnxRuntimePredictor(b.path)(x), OnnxRuntimePredictor(a.path)(x), atol=1e-5)
+
+
+def test_int8_onnx_keeps_top1_agreement_on_digits(trained, tmp_path):
+    results = export_model(trained, out_dir=tmp_path, precision="int8", calib_samples=64, exporter="torchscript",
+                           check_batch=16, validation_samples=96)
+    fp32, int8 = results
+    assert (fp32.precision, int8.precision) == ("fp32", "int8") and fp32.ok and int8.ok, int8.details
+    assert int8.path == str(tmp_path / "model.int8.onnx")
+    assert int8.top1_agreement >= 0.9
+    parity = int8.details["parity"]
+    assert parity["accuracy_candidate"] >= parity["accuracy_reference"] - 0.05
+    ops = {n.op_type for n in onnx.load(int8.path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    meta = read_metadata(int8.path)
+    assert meta["precision"] == "int8" and meta["calibration"]["calibration_images"] == 64
+    summary = json.loads((tmp_path / "export.json").read_text())
+    assert [r["path"] for r in summary["results"]] == [fp32.path, int8.path]
+
+
+def test_static_batch_and_summary_merge(tmp_path):
+    export_model("DARTS_V1", out_dir=tmp_path, **FAST)
+    (static,) = export_model("DARTS_V1", out_dir=tmp_path, dynamic_batch=False, batch=4, **FAST)
+    assert static.ok and static.path.endswith("model.bs4.onnx")
+    assert onnx.load(static.path).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 4
+    assert set(static.details["parity"]["per_batch"]) == {"batch4"}
+    summary = json.loads((tmp_path / "export.json").read_text())
+    assert {Path(r["path"]).name for r in summary["results"]} == {"model.onnx", "model.bs4.onnx"}
+
+
+def test_failed_validation_keeps_the_good_file(tmp_path):
+    (good,) = export_model("DARTS_V2", out_dir=tmp_path, **FAST)
+    before = _snapshot(tmp_path)
+    (bad,) = export_model("DARTS_V2", out_dir=tmp_path, atol=1e-15, seed=1, **FAST)  # other weights, tiny atol
+    assert bad.status == "failed" and bad.path is None and "atol" in bad.details["reason"]
+    after = _snapshot(tmp_path)
+    assert after["model.onnx"] == before["model.onnx"]
+    assert set(after) == {"model.onnx", "export.json"}  # no temporary file left behind
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "opset-torchscript", "opset-dynamo", "fp16-onnx"])
+def test_bad_inputs_give_one_line_errors_and_touch_nothing(kind, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"a good earlier export")
+    before = _snapshot(out)
+    corrupt = tmp_path / "model.pt"
+    corrupt.write_bytes(os.urandom(64))
+    source, extra = {
+        "missing": (tmp_path / "nope" / "model.pt", {}),
+        "corrupt": (corrupt, {}),
+        "opset-torchscript": ("DARTS_V2", {"opset": 21}),
+        "opset-dynamo": ("DARTS_V2", {"opset": 17, "exporter": "dynamo"}),
+        "fp16-onnx": ("DARTS_V2", {"precision": "fp16"}),
+    }[kind]
+    kwargs = {**FAST, **extra}
+    if str(source).endswith(".pt"):
+        kwargs.pop("shape")
+    with pytest.raises(E2RNASError) as err:
+        export_model(source, out_dir=out, **kwargs)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 400
+    expected = {"missing": "not found", "corrupt": "not a readable model file", "opset-torchscript": "opset 21",
+                "opset-dynamo": "opset 17", "fp16-onnx": "TensorRT precision"}[kind]
+    assert expected in message
+    assert _snapshot(out) == before
+
+
+def test_cli_table_json_and_exit_codes(tmp_path):
+    runner = CliRunner()
+    args = ["export", "E2RNAS", "--exporter", "torchscript", "--layers", "3", "--channels", "4", "--image-size", "16",
+            "--classes", "5", "--samples", "8", "--out", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "onnx fp32" in result.output and "ok" in result.output
+    result = runner.invoke(app, [*args, "--json"])
+    data = json.loads(result.output)
+    assert data["results"][0]["path"] == str(tmp_path / "model.onnx") and data["results"][0]["status"] == "ok"
+    result = runner.invoke(app, [*args, "--atol", "1e-15", "--seed", "3"])
+    assert result.exit_code == 1 and "failed" in result.output  # validation failure: exit 1, table still printed
+    result = runner.invoke(app, ["export", str(tmp_path / "missing.pt")])
+    assert isinstance(result.exception, E2RNASError) and "not found" in str(result.exception)
+
+
+def test_entry_point_maps_errors_to_exit_2_and_imports_lightly(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", "export", str(tmp_path / "missing.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr
+    code = "import sys, e2rnas.export; print(sorted({'torch', 'onnx', 'onnxscript', 'tensorrt'} & set(sys.modules)))"
+    light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert light.stdout.strip() == "[]"
