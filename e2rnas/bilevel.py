@@ -119,7 +119,9 @@ class BilevelStep:
         return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
 
     # -- the step ----------------------------------------------------------------------------------------------
-    def step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None) -> StepResult:
+    def gradients(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None
+                  ) -> tuple[list[torch.Tensor], torch.Tensor, StepResult]:
+        """(weight gradient of eq. 8, combined alpha gradient of eq. 10 (flat), step record); changes nothing."""
         model = self.model
         model.train()
         x_train_adv = None
@@ -171,7 +173,19 @@ class BilevelStep:
             implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv)])
             combined = combined - lr * implicit
 
-        # Apply both updates, each evaluated at (theta_t, alpha_t).
+        result = StepResult(
+            lower_loss=float(lower.detach()),
+            losses={n: float(v) for n, v in zip(names, loss_vec, strict=True)},
+            gammas={n: float(v) for n, v in zip(names, gamma, strict=True)},
+            effective={n: float(v) for n, v in zip(names, eff, strict=True)},
+            params_m=float(params_m.detach()) if params_m is not None else float("nan"),
+            macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
+        )
+        return g, combined, result
+
+    def step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None) -> StepResult:
+        """Compute both gradients at (theta_t, alpha_t), then apply the SGD weight step and the Adam alpha step."""
+        g, combined, result = self.gradients(batch, lr=lr, generator=generator)
         for p, gp in zip(self.weights, g, strict=True):
             p.grad = gp
         torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
@@ -183,14 +197,7 @@ class BilevelStep:
         self.a_optimizer.step()
         self.w_optimizer.zero_grad(set_to_none=True)
         self.a_optimizer.zero_grad(set_to_none=True)
-        return StepResult(
-            lower_loss=float(lower.detach()),
-            losses={n: float(v) for n, v in zip(names, loss_vec, strict=True)},
-            gammas={n: float(v) for n, v in zip(names, gamma, strict=True)},
-            effective={n: float(v) for n, v in zip(names, eff, strict=True)},
-            params_m=float(params_m.detach()) if params_m is not None else float("nan"),
-            macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
-        )
+        return result
 
 
 def _check_finite(losses: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from e2rnas.genotypes import GENOTYPES, Genotype, GenotypeError, resolve_genotype
+
+
+@pytest.mark.parametrize("name", list(GENOTYPES))
+def test_json_round_trip(name, tmp_path):
+    g = GENOTYPES[name]
+    g.save(tmp_path / "g.json")
+    assert Genotype.load(tmp_path / "g.json") == g
+    assert resolve_genotype(tmp_path / "g.json") == g
+    assert resolve_genotype(name) == g
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["normal"].__setitem__(0, ["conv_7x7", 0]), "unknown op"),
+    (lambda d: d["normal"].__setitem__(0, ["none", 0]), "unknown op"),
+    (lambda d: d["reduce"].__setitem__(2, ["skip_connect", 3]), "input 3 is invalid"),
+    (lambda d: d["normal"].pop(), "needs 8"),
+    (lambda d: d.pop("reduce"), "missing"),
+    (lambda d: d["normal"].__setitem__(1, "sep_conv_3x3"), "pairs"),
+])
+def test_malformed_genotypes_are_rejected(mutate, message, tmp_path):
+    data = GENOTYPES["DARTS_V2"].to_dict()
+    mutate(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(GenotypeError, match=message):
+        Genotype.load(path)
+
+
+def test_not_json_and_missing_file(tmp_path):
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(GenotypeError, match="not valid JSON"):
+        Genotype.load(tmp_path / "x.json")
+    with pytest.raises(GenotypeError, match="neither a built-in"):
+        resolve_genotype("NO_SUCH_THING")
+
+
+def test_frozen():
+    with pytest.raises(AttributeError):
+        GENOTYPES["DARTS_V2"].normal = ()

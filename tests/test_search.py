@@ -1,0 +1,171 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+from typer.testing import CliRunner
+
+from e2rnas.bilevel import BilevelStep, DivergenceError, StepBatch
+from e2rnas.cost import CostModel, DeployShape
+from e2rnas.mgda import Weighting
+from e2rnas.objectives import OBJECTIVES, make_objectives, ood_kl_uniform
+from e2rnas.search import SearchConfig, run_search
+from e2rnas.search_model import SearchNetwork
+
+ALL = ("val", "ood", "adv", "params", "flops")
+
+
+def _setup(objectives=ALL, first_order=False, dtype=torch.float32, weighting="mgda", wd=3e-4, momentum=0.9,
+           ll_ood=True, hvp_eps=0.01):
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, layers=3, num_classes=5).to(dtype)
+    cost = CostModel(DeployShape(layers=5, C=8, num_classes=5, input_size=16))
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=momentum, weight_decay=wd)
+    a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+    step = BilevelStep(model, objectives=make_objectives(objectives), weighting=Weighting(weighting),
+                       cost_model=cost, w_optimizer=w_opt, a_optimizer=a_opt, first_order=first_order,
+                       ll_ood=ll_ood, params_bound_m=0.05, macs_bound_m=2.0, hvp_eps=hvp_eps)
+    g = torch.Generator().manual_seed(1)
+    batch = StepBatch(torch.rand(2, 3, 16, 16, generator=g, dtype=dtype), torch.tensor([0, 3]),
+                      torch.rand(2, 3, 16, 16, generator=g, dtype=dtype), torch.tensor([1, 4]),
+                      torch.rand(2, 3, 16, 16, generator=g, dtype=dtype),
+                      torch.rand(2, 3, 16, 16, generator=g, dtype=dtype))
+    return model, step, batch
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_one_step_changes_alphas_and_weights(first_order):
+    model, step, batch = _setup(first_order=first_order)
+    alphas = [a.detach().clone() for a in model.arch_parameters()]
+    weights = [w.detach().clone() for w in model.weight_parameters()]
+    res = step.step(batch, lr=0.025, generator=torch.Generator().manual_seed(0))
+    assert set(res.losses) == set(ALL) and sum(res.gammas.values()) == pytest.approx(1.0, abs=1e-6)
+    assert all(not torch.equal(a, b) for a, b in zip(alphas, model.arch_parameters(), strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(weights, model.weight_parameters(), strict=True))
+
+
+def test_switched_off_objective_gets_no_weight():
+    _, step, batch = _setup(objectives=("val", "params"))
+    res = step.step(batch, lr=0.025)
+    assert set(res.gammas) == {"val", "params"}
+    assert "adv" not in res.losses and "ood" not in res.losses
+
+
+def test_objectives_registry_contract():
+    model, _, batch = _setup()
+    from e2rnas.objectives import ObjectiveContext
+
+    ctx = ObjectiveContext(forward=model, x_val=batch.x_val, y_val=batch.y_val, x_adv=batch.x_val,
+                           x_ood=batch.x_ood_upper, params_m=torch.tensor(0.1), macs_m=torch.tensor(3.0),
+                           params_bound_m=0.05, macs_bound_m=2.0)
+    for name, cls in OBJECTIVES.items():
+        value = cls()(ctx)
+        assert value.ndim == 0 and torch.isfinite(value) and cls.name == name
+    # KL(U || softmax) is zero exactly for uniform predictions and per-sample (not divided by K)
+    assert float(ood_kl_uniform(torch.zeros(3, 10))) == pytest.approx(0.0, abs=1e-6)
+    logits = torch.tensor([[10.0, 0.0, 0.0]])
+    expected = sum(1 / 3 * (torch.log(torch.tensor(1 / 3)) - F.log_softmax(logits, 1)[0, k]) for k in range(3))
+    assert float(ood_kl_uniform(logits)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_second_order_gradient_matches_finite_differences_of_the_unrolled_objective():
+    """d/d alpha of L_val(theta - xi grad_theta L_tr(theta, alpha), alpha), checked along random directions."""
+    model, step, batch = _setup(objectives=("val",), dtype=torch.float64, weighting="equal", wd=0.0, momentum=0.0,
+                                ll_ood=False, hvp_eps=1e-4)
+    xi = 0.5
+    _, combined, _ = step.gradients(batch, lr=xi)
+    names = list(model.named_weight_parameters())
+    theta = [p.detach() for p in model.weight_parameters()]
+    alphas = model.arch_parameters()
+
+    def unrolled_objective() -> float:
+        params = dict(zip(names, [t.clone().requires_grad_(True) for t in theta], strict=True))
+        loss = F.cross_entropy(functional_call(model, params, (batch.x_train,)), batch.y_train)
+        grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True, materialize_grads=True)
+        unrolled = {n: t - xi * g for (n, t), g in zip(params.items(), grads, strict=True)}
+        return float(F.cross_entropy(functional_call(model, unrolled, (batch.x_val,)), batch.y_val))
+
+    gen = torch.Generator().manual_seed(5)
+    h = 1e-5
+    for _ in range(3):
+        d = [torch.randn(a.shape, generator=gen, dtype=a.dtype) for a in alphas]
+        with torch.no_grad():
+            for a, t in zip(alphas, d, strict=True):
+                a.add_(h * t)
+        f_plus = unrolled_objective()
+        with torch.no_grad():
+            for a, t in zip(alphas, d, strict=True):
+                a.sub_(2 * h * t)
+        f_minus = unrolled_objective()
+        with torch.no_grad():
+            for a, t in zip(alphas, d, strict=True):
+                a.add_(h * t)
+        fd = (f_plus - f_minus) / (2 * h)
+        analytic = float(combined @ torch.cat([t.reshape(-1) for t in d]))
+        assert analytic == pytest.approx(fd, rel=1e-3, abs=1e-7)
+
+
+def test_nan_guard():
+    _, step, batch = _setup()
+    bad = StepBatch(batch.x_train * float("nan"), batch.y_train, batch.x_val, batch.y_val, batch.x_ood_lower,
+                    batch.x_ood_upper)
+    with pytest.raises(DivergenceError, match="NaN"):
+        step.step(bad, lr=0.025)
+
+
+TINY = dict(dataset="digits", ood_dataset="digits-ood", layers=3, C=4, epochs=2, batch_size=16,
+            max_steps_per_epoch=2, deploy_layers=5, deploy_C=8, params_bound=0.05, flops_bound=2.0, val_batches=1)
+
+
+def _alphas(run_dir: Path) -> list:
+    return [json.loads(line) for line in (run_dir / "alphas.jsonl").read_text().splitlines()][-1]
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    cfg = SearchConfig(**TINY)
+    full = run_search(cfg, out_dir=tmp_path / "full")
+
+    calls = {"n": 0}
+
+    def interrupt(rec):
+        calls["n"] += 1
+        if calls["n"] == 3:  # mid-way through the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, out_dir=tmp_path / "cut", on_step=interrupt)
+    ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 1
+    resumed = run_search(cfg, out_dir=tmp_path / "cut", resume=True)
+    assert resumed["genotype"] == full["genotype"]
+    assert _alphas(tmp_path / "cut") == _alphas(tmp_path / "full")
+    for name in ("genotype.json", "summary.json", "config.yaml", "metrics.jsonl"):
+        assert (tmp_path / "cut" / name).is_file()
+    with pytest.raises(Exception, match="already holds a search"):
+        run_search(cfg, out_dir=tmp_path / "full")
+
+
+def test_bounds_steer_the_search(tmp_path):
+    """Same seed: a low params bound L ends in a genotype with fewer params than a high one."""
+    base = TINY | dict(epochs=3, max_steps_per_epoch=3, objectives=("val", "params", "flops"), a_lr=0.02)
+    shape = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
+    fixed = CostModel(shape).fixed
+    low = run_search(SearchConfig(**base | dict(params_bound=fixed.params_m, flops_bound=fixed.macs_m)),
+                     out_dir=tmp_path / "low")
+    high = run_search(SearchConfig(**base | dict(params_bound=1.0, flops_bound=40.0)), out_dir=tmp_path / "high")
+    assert low["exact_params_m"] < high["exact_params_m"]
+
+
+def test_cli_rejects_malformed_config(tmp_path):
+    from e2rnas.cli.app import app
+
+    bad = tmp_path / "search.yaml"
+    bad.write_text("search:\n  epochz: 3\n")
+    result = CliRunner().invoke(app, ["search", "--config", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert "unknown setting(s) epochz" in str(result.exception) + result.output
+    bad.write_text("search:\n  objectives: val,speed\n")
+    result = CliRunner().invoke(app, ["search", "--config", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "speed" in str(result.exception) + result.output
