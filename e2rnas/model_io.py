@@ -77,7 +77,8 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise ModelFileError(f"{path} is not a readable model file ({type(exc).__name__}: {exc})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ModelFileError(f"{path} is not a readable model file ({type(exc).__name__}: {first})") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not an e2rnas model (expected format {FORMAT}); make one with `e2rnas train`")
     return blob

@@ -18,7 +18,7 @@ ALL = ("val", "ood", "adv", "params", "flops")
 
 
 def _setup(objectives=ALL, first_order=False, dtype=torch.float32, weighting="mgda", wd=3e-4, momentum=0.9,
-           ll_ood=True, hvp_eps=0.01):
+           ll_ood=True, hvp_eps=0.01, n=2):
     torch.manual_seed(0)
     model = SearchNetwork(C=4, layers=3, num_classes=5).to(dtype)
     cost = CostModel(DeployShape(layers=5, C=8, num_classes=5, input_size=16))
@@ -28,10 +28,10 @@ def _setup(objectives=ALL, first_order=False, dtype=torch.float32, weighting="mg
                        cost_model=cost, w_optimizer=w_opt, a_optimizer=a_opt, first_order=first_order,
                        ll_ood=ll_ood, params_bound_m=0.05, macs_bound_m=2.0, hvp_eps=hvp_eps)
     g = torch.Generator().manual_seed(1)
-    batch = StepBatch(torch.rand(2, 3, 16, 16, generator=g, dtype=dtype), torch.tensor([0, 3]),
-                      torch.rand(2, 3, 16, 16, generator=g, dtype=dtype), torch.tensor([1, 4]),
-                      torch.rand(2, 3, 16, 16, generator=g, dtype=dtype),
-                      torch.rand(2, 3, 16, 16, generator=g, dtype=dtype))
+    batch = StepBatch(torch.rand(n, 3, 16, 16, generator=g, dtype=dtype), torch.arange(n) % 5,
+                      torch.rand(n, 3, 16, 16, generator=g, dtype=dtype), (torch.arange(n) + 1) % 5,
+                      torch.rand(n, 3, 16, 16, generator=g, dtype=dtype),
+                      torch.rand(n, 3, 16, 16, generator=g, dtype=dtype))
     return model, step, batch
 
 
@@ -73,8 +73,8 @@ def test_objectives_registry_contract():
 def test_second_order_gradient_matches_finite_differences_of_the_unrolled_objective():
     """d/d alpha of L_val(theta - xi grad_theta L_tr(theta, alpha), alpha), checked along random directions."""
     model, step, batch = _setup(objectives=("val",), dtype=torch.float64, weighting="equal", wd=0.0, momentum=0.0,
-                                ll_ood=False, hvp_eps=1e-4)
-    xi = 0.5
+                                ll_ood=False, hvp_eps=1e-6, n=8)
+    xi = 0.025
     _, combined, _ = step.gradients(batch, lr=xi)
     names = list(model.named_weight_parameters())
     theta = [p.detach() for p in model.weight_parameters()]
@@ -88,7 +88,7 @@ def test_second_order_gradient_matches_finite_differences_of_the_unrolled_object
         return float(F.cross_entropy(functional_call(model, unrolled, (batch.x_val,)), batch.y_val))
 
     gen = torch.Generator().manual_seed(5)
-    h = 1e-5
+    h = 1e-7  # pooling and ReLU make the unrolled objective piecewise smooth: keep the probe inside one piece
     for _ in range(3):
         d = [torch.randn(a.shape, generator=gen, dtype=a.dtype) for a in alphas]
         with torch.no_grad():
@@ -104,7 +104,7 @@ def test_second_order_gradient_matches_finite_differences_of_the_unrolled_object
                 a.add_(h * t)
         fd = (f_plus - f_minus) / (2 * h)
         analytic = float(combined @ torch.cat([t.reshape(-1) for t in d]))
-        assert analytic == pytest.approx(fd, rel=1e-3, abs=1e-7)
+        assert analytic == pytest.approx(fd, rel=1e-4, abs=1e-8)
 
 
 def test_nan_guard():
