@@ -1,0 +1,122 @@
+"""Seconds per search step and peak memory: DARTS 2nd order, E2RNAS 2nd and 1st order, one supernet fwd+bwd.
+
+Each measurement runs in its own process so that its peak RSS (VmHWM) is its own. Prints a table.
+
+    python benchmarks/search_step.py                 # configs (a) and (b), 10 timed steps after 2 warm-ups
+    python benchmarks/search_step.py --config paper --steps 2   # 8 cells, C=16, batch 64: memory check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    "a": dict(layers=5, C=8, batch=16, size=32, classes=10),
+    "b": dict(layers=8, C=16, batch=32, size=32, classes=10),
+    "paper": dict(layers=8, C=16, batch=64, size=32, classes=10),
+}
+MODES = {
+    "supernet fwd+bwd (unit)": dict(kind="unit"),
+    "DARTS 2nd order (val only)": dict(kind="step", objectives=("val",), first_order=False, ll_ood=False),
+    "E2RNAS 2nd order (5 objectives, MGDA)": dict(kind="step", objectives=("val", "ood", "adv", "params", "flops"),
+                                                  first_order=False, ll_ood=True),
+    "E2RNAS 1st order (5 objectives, MGDA)": dict(kind="step", objectives=("val", "ood", "adv", "params", "flops"),
+                                                  first_order=True, ll_ood=True),
+}
+
+
+def _peak_rss_gb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def child(cfg: dict, mode: dict, warmup: int, steps: int) -> dict:
+    import torch
+
+    from e2rnas.bilevel import BilevelStep, StepBatch
+    from e2rnas.cost import CostModel, DeployShape
+    from e2rnas.mgda import Weighting
+    from e2rnas.objectives import make_objectives
+    from e2rnas.search_model import SearchNetwork
+
+    torch.manual_seed(0)
+    n, s, k = cfg["batch"], cfg["size"], cfg["classes"]
+    model = SearchNetwork(cfg["C"], cfg["layers"], k)
+    g = torch.Generator().manual_seed(0)
+
+    def rand():
+        return torch.rand(n, 3, s, s, generator=g)
+
+    batch = StepBatch(rand(), torch.randint(0, k, (n,), generator=g), rand(), torch.randint(0, k, (n,), generator=g),
+                      rand(), rand())
+    if mode["kind"] == "unit":
+        def run():
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(batch.x_train), batch.y_train).backward()
+    else:
+        cost = CostModel(DeployShape())
+        w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
+        a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+        step = BilevelStep(model, objectives=make_objectives(mode["objectives"]), weighting=Weighting("mgda"),
+                           cost_model=cost, w_optimizer=w_opt, a_optimizer=a_opt, first_order=mode["first_order"],
+                           ll_ood=mode["ll_ood"], params_bound_m=2.5, macs_bound_m=425.0)
+
+        def run():
+            step.step(batch, lr=0.025, generator=g)
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t)
+    return {"median_s": statistics.median(times), "min_s": min(times), "peak_rss_gb": _peak_rss_gb(),
+            "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", nargs="+", default=["a", "b"], choices=list(CONFIGS))
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(child(spec["cfg"], spec["mode"], spec["warmup"], spec["steps"])))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Search step on this CPU (median of timed steps; peak RSS of the measuring process)")
+    for col in ("config", "mode", "s/step", "x unit", "peak RSS GB", "threads"):
+        table.add_column(col, justify="right" if col not in ("config", "mode") else "left")
+    for name in args.config:
+        cfg = CONFIGS[name]
+        unit = None
+        for label in args.modes:
+            spec = json.dumps({"cfg": cfg, "mode": MODES[label], "warmup": args.warmup, "steps": args.steps})
+            out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
+                                 check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            if MODES[label]["kind"] == "unit":
+                unit = res["median_s"]
+            ratio = f"{res['median_s'] / unit:.1f}" if unit else "-"
+            desc = f"({name}) {cfg['layers']} cells C={cfg['C']} b{cfg['batch']} {cfg['size']}px"
+            table.add_row(desc, label, f"{res['median_s']:.2f}", ratio, f"{res['peak_rss_gb']:.2f}",
+                          str(res["threads"]))
+            print(json.dumps({"config": name, "mode": label, **res}), file=sys.stderr)
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    main()
