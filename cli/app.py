@@ -7,9 +7,9 @@ import os
 import sys
 
 import typer
-from e2rnas.cli._output import error
 
 from e2rnas import __version__
+from e2rnas.cli._output import error
 
 app = typer.Typer(
     name="e2rnas",
@@ -26,6 +26,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("bench", "bench_cmd", "bench"),
     ("check", "check_cmd", "check"),
     ("search", "search_cmd", "search"),
+    ("run", "run_cmd", "run"),
+    ("report", "run_cmd", "report"),
     ("export", "export_cmd", "export"),
     # Add new commands here: (name, module in cli/, function).
     ("train", "train_cmd", "train"),

@@ -116,7 +116,8 @@ def search(
     out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     if not json:
         console.print(f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
-                      f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs -> {out_dir}")
+                      f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs")
+        console.print(f"run directory: {out_dir}")
     with SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json) as view:
         summary = run_search(cfg, out_dir=out_dir, resume=resume, on_step=view.on_step)
     if json:

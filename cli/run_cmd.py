@@ -1,0 +1,57 @@
+"""``e2rnas run`` and ``e2rnas report``: the whole pipeline, and its report rebuilt from the files."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from e2rnas.cli import _options as opt
+from e2rnas.cli._output import console, print_json
+
+
+def run(
+    config: opt.ConfigFile = None,
+    preset: Annotated[str | None, typer.Option("--preset", help="embedded-default or paper.")] = None,
+    genotype: Annotated[str | None, typer.Option("--genotype", help="Skip the search; retrain this genotype.")] = None,
+    budget: Annotated[Path | None, typer.Option("--budget", help="Budget YAML (default: the shipped one).")] = None,
+    target: Annotated[str | None, typer.Option("--target", help="Deploy target for bench and check.")] = None,
+    out: opt.Out = None,
+    json: opt.Json = False,
+) -> None:
+    """Search -> train -> eval -> export -> bench -> check -> report, skipping stages already complete."""
+    from e2rnas.cli._config import load_yaml
+    from e2rnas.errors import E2RNASError
+    from e2rnas.pipeline import PipelineConfig, run_pipeline
+
+    values = load_yaml(config) if config else {}
+    values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target,
+                                          budget=str(budget) if budget else None).items() if v is not None})
+    try:
+        cfg = PipelineConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise E2RNASError(f"bad pipeline settings: {exc}") from exc
+    run_dir = out or Path("runs") / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def show(stage: str, what: str) -> None:
+        if not json:
+            console.rule(f"[bold]{stage}[/]")
+            console.print(what, highlight=False, soft_wrap=True)
+
+    record = run_pipeline(cfg, run_dir=run_dir, on_stage=show)
+    if json:
+        print_json(record | {"run_dir": str(run_dir)})
+    else:
+        console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+    if record.get("check_passed") is False:
+        raise typer.Exit(1)
+
+
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `e2rnas run`.")]) -> None:
+    """Rebuild report.md and report.html (with PNG plots) from a run directory's files."""
+    from e2rnas.report import build_report
+
+    paths = build_report(run_dir)
+    console.print(f"wrote {paths['md']} and {paths['html']}")

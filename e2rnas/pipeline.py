@@ -1,0 +1,180 @@
+"""``e2rnas run``: search -> train -> eval -> export -> bench -> check -> report, in one run directory.
+
+The pipeline only composes the stage commands: each stage is the exact ``e2rnas <stage> ...`` argument list a user
+could type (recorded in ``pipeline.json`` and the report), run in-process. A stage whose outputs are complete is
+skipped; a stage with a checkpoint but no final output resumes (``--resume``), so a re-run after an interruption
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2rnas._io import atomic_write_json
+from e2rnas.errors import E2RNASError
+
+STAGES = ("search", "train", "eval", "export", "bench", "check", "report")
+BENCH_DEFAULTS = {"batch": "1,64", "metrics": "latency,accuracy,robustness,ood", "runs": 50}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Stage options are extra flags for that stage's command (``{"epochs": 3}`` -> ``--epochs 3``)."""
+
+    preset: str = "embedded-default"
+    genotype: str | None = None  # skip the search and retrain this genotype (name or file) instead
+    budget: str | None = None  # None: the budget shipped with the package
+    target: str = "cpu"
+    search: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    export: dict[str, Any] = field(default_factory=dict)
+    bench: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)
+    skip: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "skip", tuple(self.skip))
+        unknown = [s for s in self.skip if s not in STAGES]
+        if unknown:
+            raise ValueError(f"unknown stage(s) to skip {unknown}; stages are {', '.join(STAGES)}")
+        for name in ("search", "train", "eval", "export", "bench", "check"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"pipeline setting {name!r} must be a mapping of flags, e.g. {name}: {{epochs: 3}}")
+
+
+def flags(options: dict[str, Any]) -> list[str]:
+    """``{"batch_size": 32, "first_order": True, "ll_ood": False}`` -> ``--batch-size 32 --first-order --no-ll-ood``."""
+    out: list[str] = []
+    for key, value in options.items():
+        name = "--" + str(key).replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out.append(name if value else "--no-" + name[2:])
+        elif isinstance(value, list | tuple):
+            out += [name, ",".join(str(v) for v in value)]
+        else:
+            out += [name, str(value)]
+    return out
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    argv: list[str]
+    done: Callable[[], bool]
+    resumable: Callable[[], bool] = lambda: False
+    ok_exit_codes: tuple[int, ...] = (0,)
+
+
+def plan(cfg: PipelineConfig, run_dir: Path) -> list[Stage]:
+    """The stage commands for one run directory, in order."""
+    r = Path(run_dir)
+    s, t, e, x, b, c = (r / n for n in ("search", "train", "eval", "export", "bench", "check"))
+    preset = ["--preset", cfg.preset]
+    genotype_ref = cfg.genotype or str(s)
+    stages = [
+        Stage("search", ["search", *preset, "--out", str(s), *flags(cfg.search)],
+              done=lambda: (s / "summary.json").is_file() and (s / "genotype.json").is_file(),
+              resumable=lambda: (s / "checkpoint.pt").is_file()),
+        Stage("train", ["train", genotype_ref, *preset, "--out", str(t), *flags(cfg.train)],
+              done=lambda: (t / "summary.json").is_file() and (t / "model.pt").is_file(),
+              resumable=lambda: (t / "checkpoint.pt").is_file()),
+        Stage("eval", ["eval", str(t / "model.pt"), "--out", str(e), *flags(cfg.eval)],
+              done=lambda: (e / "eval.json").is_file()),
+        Stage("export", ["export", str(t / "model.pt"), "--onnx", "--out", str(x), *flags(cfg.export)],
+              done=lambda: (x / "export.json").is_file() and (x / "model.onnx").is_file()),
+        Stage("export-int8", ["export", str(t / "model.pt"), "--onnx", "--precision", "int8", "--out", str(x),
+                              *flags(cfg.export)],
+              done=lambda: (x / "model.int8.onnx").is_file()),
+        Stage("bench", ["bench", str(t / "model.pt"), str(x / "model.onnx"), str(x / "model.int8.onnx"),
+                        "--target", cfg.target, "--out", str(b), *flags(BENCH_DEFAULTS | cfg.bench)],
+              done=lambda: (b / "bench.json").is_file()),
+        Stage("check", ["check", str(r), "--target", cfg.target, "--out", str(c),
+                        *(["--budget", cfg.budget] if cfg.budget else []), *flags(cfg.check)],
+              done=lambda: (c / "check.json").is_file(), ok_exit_codes=(0, 1)),
+        Stage("report", ["report", str(r)], done=lambda: False),
+    ]
+    if cfg.genotype:
+        cfg = dataclasses.replace(cfg, skip=(*cfg.skip, "search"))
+    return [st for st in stages if st.name.split("-")[0] not in cfg.skip]
+
+
+def _invoke(argv: Sequence[str]) -> int:
+    """Run one ``e2rnas`` command in this process; returns its exit code (errors propagate as exceptions)."""
+    from e2rnas.cli.app import app
+
+    try:
+        code = app(list(argv), standalone_mode=False)  # click returns a raised Exit's code here
+        return int(code) if isinstance(code, int) else 0
+    except SystemExit as exc:  # typer.Exit(code) inside a command
+        return int(exc.code or 0)
+    except Exception as exc:
+        # typer vendors click: its Exit carries ``exit_code``; its usage errors ``format_message()``.
+        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
+            return int(exc.exit_code)
+        if hasattr(exc, "format_message"):
+            raise E2RNASError(f"e2rnas {argv[0]}: {exc.format_message()}") from exc
+        raise
+
+
+def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str, str], None] | None = None
+                 ) -> dict[str, Any]:
+    """Run (or continue) the pipeline; returns and writes ``pipeline.json`` (commands, status, seconds)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / "pipeline.json"
+    record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": []}
+    for stage in plan(cfg, run_dir):
+        argv = list(stage.argv)
+        entry: dict[str, Any] = {"stage": stage.name, "command": "e2rnas " + " ".join(argv)}
+        if stage.done():
+            entry.update(status="skipped (complete)", seconds=0.0)
+            record["stages"].append(entry)
+            if on_stage:
+                on_stage(stage.name, "skipped (outputs complete)")
+            continue
+        if stage.resumable():
+            argv.append("--resume")
+            entry["command"] += " --resume"
+        if on_stage:
+            on_stage(stage.name, entry["command"])
+        t0 = time.time()
+        code = _invoke(argv)
+        entry.update(seconds=round(time.time() - t0, 2), exit_code=code)
+        if code not in stage.ok_exit_codes:
+            entry["status"] = "failed"
+            record["stages"].append(entry)
+            atomic_write_json(record_path, _merge_times(record_path, record))
+            raise E2RNASError(f"stage {stage.name} failed (exit {code}); fix it, then rerun `e2rnas run` to continue")
+        entry["status"] = "ok" if code == 0 else f"ok (exit {code})"
+        record["stages"].append(entry)
+        atomic_write_json(record_path, _merge_times(record_path, record))
+        if stage.name == "check":
+            record["check_passed"] = code == 0
+    record["python"] = sys.version.split()[0]
+    atomic_write_json(record_path, _merge_times(record_path, record))
+    return record
+
+
+def _merge_times(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Keep the wall time of stages that ran in an earlier invocation (a skipped stage reports its first run)."""
+    import json
+
+    if not path.is_file():
+        return record
+    try:
+        old = {s["stage"]: s for s in json.loads(path.read_text()).get("stages", []) if s.get("seconds")}
+    except (ValueError, KeyError):
+        return record
+    merged = dict(record)
+    merged["stages"] = [old.get(s["stage"], s) | {"status": s["status"]} if s["status"].startswith("skipped")
+                        else s for s in record["stages"]]
+    return merged
