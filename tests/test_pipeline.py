@@ -1,0 +1,94 @@
+"""`e2rnas run` on a reduced configuration: every artifact, a report that matches the JSON, skip and resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from e2rnas.cli._config import build_config
+from e2rnas.cli.app import app
+from e2rnas.pipeline import PipelineConfig, flags, plan
+from e2rnas.search import SearchConfig, run_search
+
+REDUCED = {
+    "search": {"epochs": 1, "max_steps_per_epoch": 2, "layers": 3, "channels": 4, "batch_size": 16},
+    "train": {"epochs": 1, "max_train_batches": 2, "layers": 3, "channels": 8},
+    "eval": {"max_samples": 32},
+    "export": {"exporter": "torchscript"},
+    "bench": {"runs": 3, "warmup": 1, "batch": "1", "max_samples": 32},
+    "check": {"max_samples": 32, "runs": 3, "warmup": 1},
+}
+ARTIFACTS = ["search/genotype.json", "search/summary.json", "train/model.pt", "eval/eval.json", "export/model.onnx",
+             "export/model.int8.onnx", "bench/bench.json", "check/check.json", "report.md", "report.html",
+             "report/search.png", "report/alphas.png", "report/cells.png", "report/latency.png", "pipeline.json"]
+
+
+def test_flags_spelling():
+    assert flags({"batch_size": 3, "first_order": True, "ll_ood": False, "x": None, "b": [1, 8]}) == [
+        "--batch-size", "3", "--first-order", "--no-ll-ood", "--b", "1,8"]
+    with pytest.raises(ValueError, match="unknown stage"):
+        PipelineConfig(skip=("deploy",))
+
+
+@pytest.mark.slow
+def test_run_produces_every_artifact_skips_and_resumes(tmp_path):
+    cfg_file = tmp_path / "pipeline.yaml"
+    cfg_file.write_text(yaml.safe_dump(REDUCED))
+    run_dir = tmp_path / "run"
+
+    # An interrupted search: a checkpoint but no summary; the pipeline must resume it.
+    search_cfg = build_config(SearchConfig, preset="embedded-default", section="search", overrides={
+        "epochs": 1, "max_steps_per_epoch": 2, "layers": 3, "C": 4, "batch_size": 16})
+
+    def stop(rec):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(search_cfg, out_dir=run_dir / "search", on_step=stop)
+    assert (run_dir / "search" / "checkpoint.pt").is_file()
+
+    result = CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
+    assert result.exit_code in (0, 1), result.output  # 1: the reduced model misses the shipped budget
+    for rel in ARTIFACTS:
+        assert (run_dir / rel).is_file(), rel
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    search_stage = record["stages"][0]
+    assert search_stage["stage"] == "search" and search_stage["command"].endswith("--resume")
+
+    # The report's tables are the JSON files' numbers.
+    report = (run_dir / "report.md").read_text()
+    check = json.loads((run_dir / "check" / "check.json").read_text())
+    for line in check["lines"]:
+        assert f"{float(line['measured']):.4g}" in report
+    evaluation = json.loads((run_dir / "eval" / "eval.json").read_text())
+    assert f"{100 * evaluation['clean_acc']:.2f}" in report
+    assert "data:image/png;base64," in (run_dir / "report.html").read_text()
+
+    # A second run skips every completed stage.
+    before = {rel: (run_dir / rel).stat().st_mtime_ns for rel in ARTIFACTS[:8]}
+    result = CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
+    assert result.exit_code in (0, 1), result.output
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    assert all(s["status"].startswith("skipped") for s in record["stages"] if s["stage"] != "report")
+    assert before == {rel: (run_dir / rel).stat().st_mtime_ns for rel in ARTIFACTS[:8]}
+
+    # Losing the later stages' outputs: only those stages run again.
+    for rel in ("bench/bench.json", "check/check.json"):
+        (run_dir / rel).unlink()
+    CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    ran = [s["stage"] for s in record["stages"] if not s["status"].startswith("skipped")]
+    assert ran == ["bench", "check", "report"]
+    assert Path(run_dir / "bench" / "bench.json").is_file()
+
+
+def test_plan_without_search_when_a_genotype_is_given(tmp_path):
+    stages = [s.name for s in plan(PipelineConfig(genotype="DARTS_V2"), tmp_path)]
+    assert stages[0] == "train" and "search" not in stages
+
+
+def test_report_rejects_an_empty_directory(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert result.exit_code != 0
