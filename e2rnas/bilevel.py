@@ -142,7 +142,7 @@ class BilevelStep:
                          generator=generator)
         params_m = macs_m = None
         if self.cost_model is not None:
-            params_m, macs_m = self.cost_model.expected_cost(model.alpha_normal, model.alpha_reduce)
+            params_m, macs_m = self.cost_model.expected_cost(*model.masked_alphas())
         ctx = ObjectiveContext(forward=forward, x_val=batch.x_val, y_val=batch.y_val, x_adv=x_adv,
                                x_ood=batch.x_ood_upper, params_m=params_m, macs_m=macs_m,
                                params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m)

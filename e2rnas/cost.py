@@ -139,7 +139,8 @@ class CostModel:
     def op_cost(self, op: str, C: int, stride: int, size: int) -> Cost:
         key = (op, C, stride, size)
         if key not in self._op_cache:
-            self._op_cache[key] = measure(OPS[op](C, stride, True), (1, C, size, size))
+            with _no_rng():
+                self._op_cache[key] = measure(OPS[op](C, stride, True), (1, C, size, size))
         return self._op_cache[key]
 
     def edge_costs(self, slot: CellSlot) -> torch.Tensor:
@@ -157,9 +158,10 @@ class CostModel:
         """Everything but the 8 edge ops per cell: normalisation, stem, pre-processing convs, classifier."""
         # A network whose every edge is a parameter- and MAC-free op: what it costs is the fixed part.
         s = self.shape
-        net = self._net_cls(_pooling_genotype(), s.C, s.layers, s.num_classes, variant=s.variant,
-                            input_size=s.input_size)
-        return measure(net, (1, 3, s.input_size, s.input_size))
+        with _no_rng():
+            net = self._net_cls(_pooling_genotype(), s.C, s.layers, s.num_classes, variant=s.variant,
+                                input_size=s.input_size)
+            return measure(net, (1, 3, s.input_size, s.input_size))
 
     @cached_property
     def tables(self) -> dict[str, torch.Tensor]:
@@ -193,6 +195,12 @@ class CostModel:
             p = torch.softmax(alpha[:, allowed], dim=-1)
             total = total + (keep[:, None, None] * p[..., None] * table).sum(dim=(0, 1))
         return total[0] / 1e6, total[1] / 1e6
+
+
+def _no_rng():
+    """Building modules to measure them draws initial weights: keep the caller's RNG stream untouched (a resumed
+    search with a cold cost cache must draw the same random numbers as an uninterrupted one)."""
+    return torch.random.fork_rng(devices=[])
 
 
 def _pooling_genotype() -> Genotype:

@@ -72,6 +72,12 @@ class SearchConfig:
     device: str = "cpu"
     max_steps_per_epoch: int | None = None
     val_batches: int = 4
+    # P-DARTS (method p-darts): cells per stage, non-none ops kept per edge when a stage starts, skip dropout,
+    # and at most this many skip connections in the final normal cell.
+    pdarts_layers: tuple[int, ...] = (5, 11, 17)
+    pdarts_keep: tuple[int, ...] = (8, 5, 3)
+    pdarts_skip_dropout: tuple[float, ...] = (0.0, 0.3, 0.6)
+    pdarts_max_skips: int = 2
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):
@@ -93,10 +99,21 @@ class SearchConfig:
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
         Weighting(self.weighting, self.normalization, self.mgda_max_iter)
+        for name in ("pdarts_layers", "pdarts_keep", "pdarts_skip_dropout"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.method == "p-darts":
+            n = len(self.pdarts_layers)
+            if not (len(self.pdarts_keep) == len(self.pdarts_skip_dropout) == n) or self.epochs < n:
+                raise ValueError("p-darts needs as many pdarts_keep and pdarts_skip_dropout entries as pdarts_layers, "
+                                 "and at least one epoch per stage")
+            if min(self.pdarts_layers) < 3 or not all(1 <= k <= 8 for k in self.pdarts_keep):
+                raise ValueError("pdarts_layers must be >= 3 cells and pdarts_keep between 1 and 8 ops")
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["objectives"] = list(self.objectives)
+        for name in ("pdarts_layers", "pdarts_keep", "pdarts_skip_dropout"):
+            d[name] = list(d[name])
         return d
 
 
@@ -137,26 +154,52 @@ class SearchRun:
         self.cfg, self.data, self.out_dir = cfg, data, Path(out_dir)
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
-        self.model = SearchNetwork(cfg.C, cfg.layers, data.num_classes,
+        self.cost_model = CostModel(deploy_shape(cfg, data))
+        self.stage_epochs = stage_epochs(cfg)
+        self.build_stage(0)
+        self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order; state kept at epoch start
+        self.attack_gen = torch.Generator().manual_seed(cfg.seed + 1)  # FGSM random starts
+        self.epoch = 0  # epochs completed
+        self.step_in_epoch = 0  # steps completed in the current epoch (non-zero only after an interrupt)
+        self.epoch_start_data_state = self.data_gen.get_state()
+
+    def build_stage(self, stage: int, masks: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """A fresh supernet, optimisers and schedule for a stage (one stage unless ``method`` is p-darts)."""
+        cfg, data = self.cfg, self.data
+        self.stage = stage
+        layers = cfg.pdarts_layers[stage] if cfg.method == "p-darts" else cfg.layers
+        self.model = SearchNetwork(cfg.C, layers, data.num_classes,
                                    partial_channels=cfg.partial_channels if cfg.method == "pc-darts" else 1,
                                    mean=data.mean, std=data.std).to(self.device)
-        self.cost_model = CostModel(deploy_shape(cfg, data))
+        if masks is not None:
+            self.model.set_masks(*masks)
+        if cfg.method == "p-darts":
+            self.model.set_skip_dropout(cfg.pdarts_skip_dropout[stage])
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
                                       weight_decay=cfg.a_weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=cfg.epochs, eta_min=cfg.w_lr_min)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=self.stage_epochs[stage],
+                                                                eta_min=cfg.w_lr_min)
         self.step_fn = BilevelStep(
             self.model, objectives=make_objectives(cfg.objectives),
             weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter), cost_model=self.cost_model,
             w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
             grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound)
-        self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order; state kept at epoch start
-        self.attack_gen = torch.Generator().manual_seed(cfg.seed + 1)  # FGSM random starts
-        self.epoch = 0  # epochs completed
-        self.step_in_epoch = 0  # steps completed in the current epoch (non-zero only after an interrupt)
-        self.epoch_start_data_state = self.data_gen.get_state()
+
+    def next_stage_if_due(self) -> bool:
+        """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
+        if self.stage + 1 >= len(self.stage_epochs) or self.epoch != sum(self.stage_epochs[:self.stage + 1]):
+            return False
+        keep = self.cfg.pdarts_keep[self.stage + 1]
+        masks = tuple(prune_mask(self.model.edge_strengths(red).detach(), self.model.primitives, keep)
+                      for red in (False, True))
+        self.build_stage(self.stage + 1, masks)
+        return True
+
+    def genotype(self):
+        return self.model.genotype(self.cfg.pdarts_max_skips if self.cfg.method == "p-darts" else None)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -167,7 +210,8 @@ class SearchRun:
             "model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
             "sched": self.sched.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "epoch_start_data_state": self.epoch_start_data_state, "attack_gen": self.attack_gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "config": self.cfg.as_dict(),
+            "torch_rng": torch.get_rng_state(), "config": self.cfg.as_dict(), "stage": self.stage,
+            "masks": [self.model.mask_normal.cpu(), self.model.mask_reduce.cpu()],
         }
 
     def save(self) -> None:
@@ -181,6 +225,8 @@ class SearchRun:
             changed = sorted(k for k in blob["config"] if blob["config"][k] != self.cfg.as_dict().get(k))
             raise E2RNASError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)}); "
                               f"use the same settings or a new --out")
+        if int(blob.get("stage", 0)) != self.stage:
+            self.build_stage(int(blob["stage"]), tuple(blob["masks"]))
         self.model.load_state_dict(blob["model"])
         self.w_opt.load_state_dict(blob["w_opt"])
         self.a_opt.load_state_dict(blob["a_opt"])
@@ -227,13 +273,33 @@ class SearchRun:
         return correct / max(total, 1)
 
 
+def stage_epochs(cfg: SearchConfig) -> list[int]:
+    """Epochs per stage: all in one for DARTS/PC-DARTS; split evenly (rest to the last) for P-DARTS."""
+    if cfg.method != "p-darts":
+        return [cfg.epochs]
+    n = len(cfg.pdarts_layers)
+    return [cfg.epochs // n] * (n - 1) + [cfg.epochs - (cfg.epochs // n) * (n - 1)]
+
+
+def prune_mask(strengths: torch.Tensor, primitives: tuple[str, ...], keep: int) -> torch.Tensor:
+    """Per edge, the ``keep`` strongest non-``none`` ops (``none`` is dropped after the first stage)."""
+    w = strengths.clone()
+    if "none" in primitives:
+        w[:, primitives.index("none")] = float("-inf")
+    w[w <= 0] = float("-inf")  # already pruned
+    top = w.topk(keep, dim=1).indices
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    mask.scatter_(1, top, True)
+    return mask & torch.isfinite(w)
+
+
 def cycle_labeled(data: ImageSet, batch_size: int, generator: torch.Generator):
     while True:
         yield from batches(data, batch_size, shuffle=True, generator=generator, drop_last=len(data) >= batch_size)
 
 
 def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
-    g = run.model.genotype()
+    g = run.genotype()
     exact = run.cost_model.genotype_cost(g)
     return {"type": "step", "epoch": run.epoch, "step": step, "lower_loss": res.lower_loss, "objectives": res.losses,
             "gammas": res.gammas, "effective_weights": res.effective, "expected_params_m": res.params_m,
@@ -277,10 +343,10 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
             run.epoch += 1
             run.step_in_epoch = 0
             run.epoch_start_data_state = run.data_gen.get_state()
-            genotype = run.model.genotype()
+            genotype = run.genotype()
             exact = run.cost_model.genotype_cost(genotype)
             with torch.no_grad():
-                n_est, f_est = run.cost_model.expected_cost(run.model.alpha_normal, run.model.alpha_reduce)
+                n_est, f_est = run.cost_model.expected_cost(*run.model.masked_alphas())
             epoch_rec = {"type": "epoch", "epoch": run.epoch, "val_accuracy": run.val_accuracy(),
                          "expected_params_m": float(n_est), "expected_macs_m": float(f_est),
                          "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
@@ -290,6 +356,7 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                                                           run.model.named_parameters()
                                                           if n in ("alpha_normal", "alpha_reduce", "beta_normal",
                                                                    "beta_reduce")}})
+            run.next_stage_if_due()
             run.save()
             if on_epoch:
                 on_epoch(epoch_rec | {"epochs": config.epochs})
@@ -300,11 +367,11 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
 
 
 def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
-    genotype = run.model.genotype()
+    genotype = run.genotype()
     genotype.save(out_dir / "genotype.json")
     exact = run.cost_model.genotype_cost(genotype)
     with torch.no_grad():
-        n_est, f_est = run.cost_model.expected_cost(run.model.alpha_normal, run.model.alpha_reduce)
+        n_est, f_est = run.cost_model.expected_cost(*run.model.masked_alphas())
     cfg = run.cfg
     summary = {
         "params_bound_m": cfg.params_bound, "flops_bound_m": cfg.flops_bound, "flops_unit": "MACs",

@@ -40,15 +40,26 @@ class MixedOp(nn.Module):
         # so it is never run.
         self.active = [k for k, name in enumerate(primitives) if name != "none"]
 
-    def _mix(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return sum(weights[k] * self.ops[k](x) for k in self.active)
+        self.skip = primitives.index("skip_connect") if "skip_connect" in primitives else -1
+        self.skip_dropout = 0.0  # P-DARTS: dropout on the parameter-free skip op during search
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        out = 0
+        for k in self.active:
+            if mask is not None and not bool(mask[k]):
+                continue  # pruned (P-DARTS): weight 0, never run
+            h = self.ops[k](x)
+            if k == self.skip and self.skip_dropout > 0:
+                h = F.dropout(h, self.skip_dropout, self.training)
+            out = out + weights[k] * h
+        return out
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if self.k == 1:
-            return self._mix(x, weights)
+            return self._mix(x, weights, mask)
         c = x.shape[1] // self.k
         xa, xb = x[:, :c], x[:, c:]
-        out = self._mix(xa, weights)
+        out = self._mix(xa, weights, mask)
         if self.stride == 2:
             xb = F.max_pool2d(xb, 2, 2, ceil_mode=True)
         return channel_shuffle(torch.cat([out, xb], dim=1), self.k)
@@ -71,13 +82,13 @@ class SearchCell(nn.Module):
                 self.edges.append(MixedOp(C, stride, primitives, partial_channels))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                edge_weights: torch.Tensor | None) -> torch.Tensor:
+                edge_weights: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
             s = 0
             for j, h in enumerate(states):
-                out = self.edges[offset + j](h, weights[offset + j])
+                out = self.edges[offset + j](h, weights[offset + j], None if mask is None else mask[offset + j])
                 s = s + (out if edge_weights is None else edge_weights[offset + j] * out)
             offset += len(states)
             states.append(s)
@@ -119,6 +130,29 @@ class SearchNetwork(nn.Module):
         if partial_channels > 1:
             self.beta_normal = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
             self.beta_reduce = nn.Parameter(1e-3 * torch.randn(NUM_EDGES))
+        # P-DARTS op pruning: False marks an op removed from an edge's candidates.
+        self.register_buffer("mask_normal", torch.ones(NUM_EDGES, n_ops, dtype=torch.bool))
+        self.register_buffer("mask_reduce", torch.ones(NUM_EDGES, n_ops, dtype=torch.bool))
+
+    @property
+    def pruned(self) -> bool:
+        return not bool(self.mask_normal.all() and self.mask_reduce.all())
+
+    def set_masks(self, normal: torch.Tensor, reduce: torch.Tensor) -> None:
+        self.mask_normal.copy_(normal)
+        self.mask_reduce.copy_(reduce)
+
+    def set_skip_dropout(self, p: float) -> None:
+        for m in self.modules():
+            if isinstance(m, MixedOp):
+                m.skip_dropout = p
+
+    def masked_alphas(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """alpha with pruned ops at -inf (softmax weight 0, no gradient)."""
+        if not self.pruned:
+            return self.alpha_normal, self.alpha_reduce
+        return (self.alpha_normal.masked_fill(~self.mask_normal, float("-inf")),
+                self.alpha_reduce.masked_fill(~self.mask_reduce, float("-inf")))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n in ARCH_PARAM_NAMES]
@@ -141,28 +175,45 @@ class SearchNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(self.normalize(x))
-        w_normal = F.softmax(self.alpha_normal, dim=-1)
-        w_reduce = F.softmax(self.alpha_reduce, dim=-1)
+        a_normal, a_reduce = self.masked_alphas()
+        w_normal, w_reduce = F.softmax(a_normal, dim=-1), F.softmax(a_reduce, dim=-1)
         e_normal, e_reduce = self._edge_weights(False), self._edge_weights(True)
+        m_normal, m_reduce = (self.mask_normal, self.mask_reduce) if self.pruned else (None, None)
         for cell in self.cells:
-            w, e = (w_reduce, e_reduce) if cell.reduction else (w_normal, e_normal)
-            s0, s1 = s1, cell(s0, s1, w, e)
+            w, e, m = (w_reduce, e_reduce, m_reduce) if cell.reduction else (w_normal, e_normal, m_normal)
+            s0, s1 = s1, cell(s0, s1, w, e, m)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def edge_strengths(self, reduction: bool) -> torch.Tensor:
         """Op weights per edge (14 x n_ops), scaled by the PC-DARTS edge weights where present."""
-        w = F.softmax(self.alpha_reduce if reduction else self.alpha_normal, dim=-1)
+        a_normal, a_reduce = self.masked_alphas()
+        w = F.softmax(a_reduce if reduction else a_normal, dim=-1)
         e = self._edge_weights(reduction)
         return w if e is None else w * e[:, None]
 
-    def genotype(self) -> Genotype:
+    def genotype(self, max_skips_normal: int | None = None) -> Genotype:
         return derive_genotype(self.edge_strengths(False), self.edge_strengths(True), self.primitives,
-                               steps=self.steps)
+                               steps=self.steps, max_skips_normal=max_skips_normal)
 
 
 def derive_genotype(w_normal: torch.Tensor, w_reduce: torch.Tensor, primitives: tuple[str, ...],
-                    steps: int = STEPS) -> Genotype:
-    """The DARTS rule: per node, the two incoming edges whose strongest non-none op is strongest, then that op."""
+                    steps: int = STEPS, max_skips_normal: int | None = None) -> Genotype:
+    """The DARTS rule: per node, the two incoming edges whose strongest non-none op is strongest, then that op.
+
+    ``max_skips_normal`` (P-DARTS): while the normal cell keeps more skip connections, the weakest skip weight is
+    zeroed and the cell derived again.
+    """
+    if max_skips_normal is not None and "skip_connect" in primitives:
+        skip = primitives.index("skip_connect")
+        w_normal = w_normal.detach().clone()
+        starts = [sum(2 + i for i in range(k)) for k in range(steps)]
+        while True:
+            g = derive_genotype(w_normal, w_reduce, primitives, steps)
+            kept = [starts[k // EDGES_PER_NODE] + inp for k, (op, inp) in enumerate(g.normal) if op == "skip_connect"]
+            if len(kept) <= max_skips_normal:
+                return g
+            weakest = min(kept, key=lambda e: float(w_normal[e, skip]))
+            w_normal[weakest, skip] = 0.0
 
     def parse(weights: torch.Tensor) -> tuple[tuple[str, int], ...]:
         weights = weights.detach().cpu()

@@ -169,3 +169,27 @@ def test_cli_rejects_malformed_config(tmp_path):
     bad.write_text("search:\n  objectives: val,speed\n")
     result = CliRunner().invoke(app, ["search", "--config", str(bad), "--out", str(tmp_path / "r")])
     assert result.exit_code != 0 and "speed" in str(result.exception) + result.output
+
+
+def test_pdarts_stages_prune_ops_grow_depth_and_resume(tmp_path):
+    cfg = SearchConfig(**TINY | dict(method="p-darts", epochs=3, max_steps_per_epoch=1, pdarts_layers=(3, 4, 5),
+                                     pdarts_keep=(8, 4, 2), pdarts_skip_dropout=(0.0, 0.2, 0.4)))
+    full = run_search(cfg, out_dir=tmp_path / "full")
+    ckpt = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    assert ckpt["stage"] == 2
+    normal_mask = ckpt["masks"][0]
+    assert normal_mask.sum(1).max() <= 2 and not normal_mask[:, 0].any()  # 2 ops per edge, `none` dropped
+    assert sum(op == "skip_connect" for op, _ in full["genotype"]["normal"]) <= 2
+
+    calls = {"n": 0}
+
+    def interrupt(rec):
+        calls["n"] += 1
+        if calls["n"] == 2:  # first step of the second stage
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, out_dir=tmp_path / "cut", on_step=interrupt)
+    resumed = run_search(cfg, out_dir=tmp_path / "cut", resume=True)
+    assert resumed["genotype"] == full["genotype"]
+    assert _alphas(tmp_path / "cut") == _alphas(tmp_path / "full")
