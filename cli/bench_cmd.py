@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
-
 from e2rnas.errors import E2RNASError
 
 # Target options, shared with ``e2rnas check``.
@@ -74,9 +74,8 @@ def bench(
     remote_python: RemotePython = "python3", seed: opt.Seed = None, out: opt.Out = None, json: opt.Json = False,
 ) -> None:
     """Measure artifacts on a target: size, accuracy, PGD accuracy, OoD AUPR, latency percentiles, throughput."""
-    from e2rnas.deploy_targets.bench import bench as run_bench
-
     from e2rnas._io import atomic_write_json
+    from e2rnas.deploy_targets.bench import bench as run_bench
 
     t, ssh = resolve_target(target, target_file, host, port, identity, known_hosts, remote_python)
     sizes = _int_list(batch, "--batch")

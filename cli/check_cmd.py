@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
 from e2rnas.cli.bench_cmd import (
@@ -44,9 +45,8 @@ def check(
 
     b = load_budget(budget or default_budget_path())  # bad input fails here, before anything heavy loads
     t, ssh = resolve_target(target, target_file, host, port, identity, known_hosts, remote_python)
-    from e2rnas.deploy_targets.budget import check as run_check
-
     from e2rnas._io import atomic_write_json
+    from e2rnas.deploy_targets.budget import check as run_check
 
     result = run_check(run, budget=b, target=t, reuse_eval=reuse_eval, dataset=dataset, ood_dataset=ood_dataset,
                        data_dir=data_dir, max_samples=max_samples, warmup=warmup, runs=runs, duration=duration,

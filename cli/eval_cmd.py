@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
-
 from e2rnas.errors import E2RNASError
 
 TestDataset = Annotated[str | None, typer.Option(

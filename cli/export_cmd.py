@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
 
@@ -62,9 +63,9 @@ def export(
     else:
         print_table(f"Export of {source}", ["format", "path", "size MB", "max |diff| vs torch", "top-1 agreement",
                                             "status"],
-                    [[f"{r.format} {r.precision}", r.path or "(not written)", r.size_mb, r.max_abs_diff,
-                      r.top1_agreement, r.status] for r in results],
-                    caption=f"summary: {out_dir / 'export.json'}")
+                    [[f"{r.format} {r.precision}", Path(r.path).name if r.path else "(not written)", r.size_mb,
+                      r.max_abs_diff, r.top1_agreement, r.status] for r in results],
+                    caption=f"in {out_dir}/ (summary: export.json)")
         for r in results:
             if not r.ok:
                 console.print(f"[red]{r.format} {r.precision} failed:[/] {r.details.get('reason')}", highlight=False)

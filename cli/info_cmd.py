@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
 

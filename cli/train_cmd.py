@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
 
@@ -47,7 +48,6 @@ def train(
 ) -> None:
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
     from e2rnas.cli._config import build_config
-
     from e2rnas.genotypes import resolve_genotype
     from e2rnas.train import TrainConfig
     from e2rnas.train import train as run_train

@@ -8,15 +8,15 @@ numbers came from is recorded with them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from e2rnas.deploy_targets.profiles import Target
-
 from e2rnas.errors import E2RNASError
 
 FORMAT = "e2rnas.bench/1"
@@ -83,6 +83,14 @@ def artifact_facts(path: Path) -> dict[str, Any]:
     facts["search"] = meta.get("search") or {}
     facts["precision"] = meta.get("precision")
     return facts
+
+
+def _safe_facts(path: Path) -> dict[str, Any]:
+    """An unreadable artifact becomes a failed row of the table, not the end of the whole bench."""
+    try:
+        return artifact_facts(path)
+    except E2RNASError as exc:
+        return {"error": str(exc).splitlines()[0], "data": {}}
 
 
 def find_source_model(artifact: Path, explicit: Path | None = None) -> Path | None:
@@ -195,6 +203,8 @@ def measure_artifact(path: Path, *, target: Target, batch_sizes: Sequence[int], 
                            "latency": {}, "runner": None, "source_model": str(source_model) if source_model else None}
     t0 = time.perf_counter()
     try:
+        if facts.get("error"):
+            raise E2RNASError(facts["error"])
         if target.remote:
             row.update(_measure_remote(path, target=target, batch_sizes=batch_sizes, warmup=warmup, runs=runs,
                                        duration=duration, threads=threads, facts=facts, ssh=ssh))
@@ -203,12 +213,9 @@ def measure_artifact(path: Path, *, target: Target, batch_sizes: Sequence[int], 
                                             "bench the same artifact with --target cpu or cuda"]}
         else:
             attack_model = _load_attack_model(source_model) if "robustness" in metrics else None
-            with open_runner(path, target=target, threads=threads) as runner:
+            with open_runner(path, target=target, threads=threads) as runner, torch_threads(threads):
                 row["runner"] = runner.info()
-                if data.test is not None:
-                    row["metrics"] = evaluate_artifact(as_predictor(runner), data=data, metrics=metrics,
-                                                       attack_model=attack_model)
-                if "latency" in metrics:
+                if "latency" in metrics:  # before the evaluation, so that peak memory is the runner's own
                     for b in batch_sizes:
                         if not runner.accepts_batch(b):
                             row["latency"][str(b)] = {"skipped": f"artifact takes batch {runner.fixed_batch}"
@@ -216,12 +223,30 @@ def measure_artifact(path: Path, *, target: Target, batch_sizes: Sequence[int], 
                             continue
                         stats = runner.measure(b, warmup=warmup, runs=runs, duration=duration)
                         row["latency"][str(b)] = stats.as_dict()
+                if data.test is not None:
+                    row["metrics"] = evaluate_artifact(as_predictor(runner), data=data, metrics=metrics,
+                                                       attack_model=attack_model)
     except E2RNASError as exc:
         row.update(status="error", error=str(exc).splitlines()[0])
     except Exception as exc:  # a broken artifact must not hide the other rows
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's CPU threads for the attack model too: one thread setting for the whole measurement (torch's
+    default on a shared machine can oversubscribe the cores and make attacks many times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def as_predictor(runner: Any) -> Any:
@@ -282,7 +307,7 @@ def bench(artifacts: Sequence[str | Path], *, target: Target, batch_sizes: Seque
     if runs is not None and duration is not None:
         raise E2RNASError("give --runs or --duration, not both")
     threads = resolve_threads(target, threads)
-    facts = [artifact_facts(p) for p in paths]
+    facts = [_safe_facts(p) for p in paths]
     sizes = {f["input_shape"][1] for f in facts if f.get("input_shape")}
     if len(sizes) > 1 and any(m in _EVAL_METRICS for m in metrics):
         raise E2RNASError(f"artifacts take different image sizes {sorted(sizes)}: bench them separately")

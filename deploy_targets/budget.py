@@ -119,7 +119,6 @@ class RunFiles:
 
 def find_run(path: str | Path) -> RunFiles:
     from e2rnas.deploy_targets.runners import artifact_format
-
     from e2rnas.model_io import read_model_file
 
     path = Path(path)
@@ -134,15 +133,19 @@ def find_run(path: str | Path) -> RunFiles:
                           "directory holding train/model.pt")
     mdir = model.parent
     pipeline = root if (root / "train").is_dir() else (mdir.parent if mdir.name == "train" else None)
-    search = dict(read_model_file(model).get("search") or {})
-    search_from = f"{model} (meta)" if search else None
-    if not search and pipeline is not None and (pipeline / "search" / "summary.json").is_file():
-        summary = pipeline / "search" / "summary.json"
-        try:
-            search = json.loads(summary.read_text())
-            search_from = str(summary)
-        except json.JSONDecodeError as exc:
-            raise E2RNASError(f"{summary} is not valid JSON ({exc})") from exc
+    meta = dict(read_model_file(model).get("search") or {})
+    search, search_from = _search_record(meta), f"{model} (meta)"
+    candidates = [Path(meta["genotype_source"]) / "summary.json"] if meta.get("genotype_source") else []
+    candidates += [pipeline / "search" / "summary.json"] if pipeline is not None else []
+    for summary in candidates:
+        if search:
+            break
+        if summary.is_file():
+            try:
+                search, search_from = _search_record(json.loads(summary.read_text())), str(summary)
+            except json.JSONDecodeError as exc:
+                raise E2RNASError(f"{summary} is not valid JSON ({exc})") from exc
+    search_from = search_from if search else None
     eval_json = mdir / "eval.json" if (mdir / "eval.json").is_file() else None
     artifacts: dict[str, Path] = {"torch": model}
     for d in dict.fromkeys(x for x in (mdir / "export", pipeline / "export" if pipeline else None) if x):
@@ -153,6 +156,14 @@ def find_run(path: str | Path) -> RunFiles:
                     artifacts.setdefault(artifact_format(f), f)
     return RunFiles(root=root, model=model, eval_json=eval_json, search=search, search_from=search_from,
                     artifacts=artifacts)
+
+
+def _search_record(d: dict[str, Any]) -> dict[str, Any]:
+    """The search's bounds and estimates, stored flat or under ``summary`` (as training copies them)."""
+    if "params_bound_m" in d or "exact_params_m" in d:
+        return d
+    inner = d.get("summary")
+    return dict(inner) if isinstance(inner, dict) and ("params_bound_m" in inner or "exact_params_m" in inner) else {}
 
 
 def choose_artifact(run: RunFiles, budget: Budget, *, remote: bool) -> Path:
@@ -221,7 +232,6 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
     from e2rnas.deploy_targets import bench as B
     from e2rnas.deploy_targets.env import environment
     from e2rnas.deploy_targets.runners import artifact_format, open_runner
-
     from e2rnas.model import count_macs, count_params
     from e2rnas.model_io import load_model
 
@@ -278,16 +288,16 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
             eval_source = "evaluate() on model.pt here (remote target)"
     elif artifact is not None:
         attack_model = loaded.model if "robustness" in metrics else None
-        with open_runner(artifact, target=target, threads=threads) as runner:
-            if metrics:
-                measured.update(_eval_values(B.evaluate_artifact(B.as_predictor(runner), data=data, metrics=metrics,
-                                                                 attack_model=attack_model)))
-                eval_source = f"evaluate() on {artifact.name} ({target.name})"
+        with open_runner(artifact, target=target, threads=threads) as runner, B.torch_threads(threads):
             if budget.max_latency_ms is not None:
                 if not runner.accepts_batch(budget.latency_batch):
                     raise E2RNASError(f"{artifact.name} cannot run latency_batch {budget.latency_batch} "
                                       f"(fixed batch {runner.fixed_batch}); set latency_batch or artifact")
                 latency = runner.measure(budget.latency_batch, warmup=warmup, runs=runs, duration=duration).as_dict()
+            if metrics:
+                measured.update(_eval_values(B.evaluate_artifact(B.as_predictor(runner), data=data, metrics=metrics,
+                                                                 attack_model=attack_model)))
+                eval_source = f"evaluate() on {artifact.name} ({target.name})"
     if budget.max_latency_ms is not None:
         value = (latency or {}).get(f"p{budget.latency_percentile}_ms")
         lines.append(CheckLine("max_latency_ms", f"latency p{budget.latency_percentile} ms, batch "

@@ -15,6 +15,7 @@ import ctypes
 import glob
 import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -370,7 +371,8 @@ def run_trtexec(args, batches, exe):
                     cmd.append(f"--memPoolSize=workspace:{args.workspace_mb}")
             else:
                 cmd += [f"--loadEngine={args.artifact}", f"--shapes={args.input_name}:{dims}"]
-            cmd += [f"--iterations={args.runs}", "--duration=0"] if args.runs else [f"--duration={args.duration}"]
+            cmd += ([f"--iterations={args.runs}", "--duration=0"] if args.runs
+                    else [f"--duration={max(1, math.ceil(args.duration))}"])  # trtexec takes whole seconds
             if args.cuda_graph:
                 cmd.append("--useCudaGraph")
             proc = subprocess.run(cmd, capture_output=True, text=True)

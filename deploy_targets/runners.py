@@ -238,6 +238,8 @@ class TorchRunner(Runner):
         import torch
 
         self._graph = None
+        if self.channels_last:  # the module may be shared: give it back in the default layout
+            self.module = self.module.to(memory_format=torch.contiguous_format)
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
 
@@ -491,6 +493,7 @@ class TensorRTRunner(Runner):
         self._y = torch.empty(out_shape, dtype=self._out_dtype, device=self.device)
         self.context.set_tensor_address(self.input_name, self._x.data_ptr())
         self.context.set_tensor_address(self.output_name, self._y.data_ptr())
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))  # the copy above ran on another stream
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self._stream.cuda_stream):

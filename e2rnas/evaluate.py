@@ -77,9 +77,13 @@ PROTOCOLS: dict[str, EvalProtocol] = {
 
 def protocol_from(name: str, **overrides: Any) -> EvalProtocol:
     """A named protocol with the given fields replaced (``None`` values are ignored)."""
-    if name not in PROTOCOLS:
+    if name in PROTOCOLS:
+        base = PROTOCOLS[name]
+    elif "eval" in PRESETS.get(name, {}):  # the project-wide presets (embedded-default) carry an eval section too
+        base = EvalProtocol(**PRESETS[name]["eval"])
+    else:
         raise E2RNASError(f"unknown evaluation preset {name!r}; choose from {', '.join(PROTOCOLS)}")
-    return replace(PROTOCOLS[name], **{k: v for k, v in overrides.items() if v is not None})
+    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @contextmanager

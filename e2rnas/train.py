@@ -100,6 +100,14 @@ def load_split(spec: str, split: str, *, data_dir: str | Path | None = None, dow
     return data.subset(train_idx if split == "train" else test_idx)
 
 
+def load_train_set(dataset: str, test_dataset: str | None, *, data_dir: str | Path | None = None,
+                   download: bool = False, image_size: int | None = None) -> ImageSet:
+    """All of a split-less file when a separate test set is named, else the data set's train part."""
+    if test_dataset and dataset.partition(":")[0] in SPLITLESS:
+        return load_dataset(dataset, split="all", data_dir=data_dir, download=download, image_size=image_size)
+    return load_split(dataset, "train", data_dir=data_dir, download=download, image_size=image_size)
+
+
 def load_test_set(dataset: str, test_dataset: str | None, *, data_dir: str | Path | None = None,
                   download: bool = False, image_size: int | None = None) -> ImageSet:
     """A separate test file when one is named (all of it), else the data set's test part."""
@@ -121,7 +129,7 @@ class _Data:
 
 def _load_data(cfg: TrainConfig) -> _Data:
     kw: dict[str, Any] = dict(data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    full = load_split(cfg.dataset, "train", **kw)
+    full = load_train_set(cfg.dataset, cfg.test_dataset, **kw)
     train, val = full, None
     if cfg.val_fraction > 0:
         train_idx, val_idx = split_indices(full.y.numpy(), cfg.val_fraction, VAL_SPLIT_SEED)
@@ -223,9 +231,9 @@ class _Progress:
         if self.enabled:
             val = "-" if rec["val_acc"] is None else f"{rec['val_acc']:.4f}"
             self.bar.console.print(
-                f"epoch {rec['epoch'] + 1}/{self.epochs}  loss {rec['train_loss']:.4f}  "
-                f"train acc {rec['train_acc']:.4f}  val acc {val}  lr {rec['lr']:.4g}  "
-                f"drop-path {rec['drop_path']:.3f}  {rec['time_s']:.1f}s" + ("  best" if rec["best"] else ""),
+                f"epoch {rec['epoch'] + 1}/{self.epochs} loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} "
+                f"val {val} lr {rec['lr']:.3g} dp {rec['drop_path']:.3f} {rec['time_s']:.1f}s"
+                + (" best" if rec["best"] else ""),
                 highlight=False)
 
 

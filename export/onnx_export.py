@@ -20,10 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from e2rnas.export._registry import INPUT_NAME, ONNX_EXPORTERS, OPSETS, OUTPUT_NAME
 from torch import nn
 
 from e2rnas.errors import E2RNASError
+from e2rnas.export._registry import INPUT_NAME, ONNX_EXPORTERS, OPSETS, OUTPUT_NAME
 from e2rnas.model import Network
 
 

@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from e2rnas import __version__
+from e2rnas._io import atomic_write, atomic_write_json
+from e2rnas.data import ImageSet, resize
+from e2rnas.errors import E2RNASError
 from e2rnas.export import validate as V
 from e2rnas.export._registry import (
     DEFAULT_OPSET,
@@ -28,11 +33,6 @@ from e2rnas.export._registry import (
     artifact_name,
     export_config,
 )
-
-from e2rnas import __version__
-from e2rnas._io import atomic_write, atomic_write_json
-from e2rnas.data import ImageSet, resize
-from e2rnas.errors import E2RNASError
 from e2rnas.genotypes import Genotype, resolve_genotype
 from e2rnas.model import Network
 from e2rnas.model_io import ModelFileError, NetworkSpec, load_model
@@ -137,27 +137,31 @@ def export_model(source: str | Path, *, out_dir: Path, onnx: bool = True, trt: b
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[ExportResult] = []
     metadata = _metadata(src, opset=opset, static=static, val_name=val.name)
-    with tempfile.TemporaryDirectory(prefix="e2rnas-export-") as scratch:
-        fp32_dir = out_dir if onnx else Path(scratch)
-        fp32_path = fp32_dir / artifact_name("onnx", "fp32", static_batch=static)
-        fp32 = _onnx_fp32(ctx, fp32_path, metadata, opset=opset, exporter=exporter, dynamic_batch=dynamic_batch,
-                          batch=batch, simplify=simplify)
-        if onnx:
-            results.append(fp32)
-        if fp32.ok and "onnx-int8" in plan:
-            results.append(_onnx_int8(ctx, fp32_path, metadata, calib=calib, calib_name=calib_data or spec_name))
-        if fp32.ok and env is not None:
-            results.append(_tensorrt(ctx, fp32_path, env=env, precision=precision, workspace_mb=workspace_mb,
-                                     dynamic_batch=dynamic_batch, batch=batch, max_batch=max_batch, calib=calib,
-                                     onnx_parity=fp32.details.get("parity")))
-        elif not fp32.ok and not onnx:
-            results.append(fp32)  # the intermediate ONNX failed: say so rather than return nothing
-    _write_summary(out_dir, src, results, settings={
+    settings = {
         "precision": precision, "opset": opset, "exporter": exporter, "dynamic_batch": dynamic_batch, "batch": batch,
         "max_batch": max_batch, "simplify": simplify, "atol": atol, "workspace_mb": workspace_mb,
         "validation": {"dataset": val.name, "samples": len(x_val), "check_batch": check_batch},
         "calibration": {"dataset": calib_data or spec_name, "samples": int(len(calib))} if calib is not None else None,
-        "total_s": round(time.perf_counter() - t_start, 3)})
+    }
+    try:
+        with tempfile.TemporaryDirectory(prefix="e2rnas-export-") as scratch:
+            fp32_dir = out_dir if onnx else Path(scratch)
+            fp32_path = fp32_dir / artifact_name("onnx", "fp32", static_batch=static)
+            fp32 = _onnx_fp32(ctx, fp32_path, metadata, opset=opset, exporter=exporter,
+                              dynamic_batch=dynamic_batch, batch=batch, simplify=simplify)
+            if onnx or not fp32.ok:  # a failed intermediate ONNX is reported rather than nothing
+                results.append(fp32)
+            if fp32.ok and "onnx-int8" in plan:
+                results.append(_onnx_int8(ctx, fp32_path, metadata, calib=calib,
+                                          calib_name=calib_data or spec_name))
+            if fp32.ok and env is not None:
+                results.append(_tensorrt(ctx, fp32_path, env=env, precision=precision, workspace_mb=workspace_mb,
+                                         dynamic_batch=dynamic_batch, batch=batch, max_batch=max_batch,
+                                         calib=calib, onnx_parity=fp32.details.get("parity")))
+    finally:  # also when a later step raises: the artifacts already written are listed
+        if results:
+            _write_summary(out_dir, src, results, settings={**settings,
+                                                            "total_s": round(time.perf_counter() - t_start, 3)})
     return results
 
 
@@ -266,6 +270,7 @@ def _onnx_fp32(ctx: _Context, path: Path, metadata: dict[str, Any], *, opset: in
 def _onnx_int8(ctx: _Context, fp32_path: Path, metadata: dict[str, Any], *, calib: np.ndarray,
                calib_name: str) -> ExportResult:
     import onnx
+
     from e2rnas.export.onnx_export import quantize_int8, set_metadata
 
     def make(tmp: Path) -> dict[str, Any]:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from e2rnas.export._registry import INPUT_NAME
 
 from e2rnas._io import atomic_write
 from e2rnas.errors import E2RNASError
+from e2rnas.export._registry import INPUT_NAME
 
 
 class TensorRTUnavailable(E2RNASError):

@@ -23,8 +23,12 @@ def export_onnx(model: torch.nn.Module, path: Path, *, static_batch: int | None 
     return path
 
 
-def make_tiny_run(root: Path, *, pipeline: bool = False, search_in_meta: bool = True) -> dict[str, Path]:
-    """``root/model.pt`` + ``root/export/model.onnx`` (train run), or RUN/search, RUN/train, RUN/export."""
+def make_tiny_run(root: Path, *, pipeline: bool = False, search_in_meta: bool = True,
+                  nested_search: bool = False) -> dict[str, Path]:
+    """``root/model.pt`` + ``root/export/model.onnx`` (train run), or RUN/search, RUN/train, RUN/export.
+
+    The search record goes into model.pt's meta (flat, or nested as training writes it: genotype_source +
+    summary), or only into RUN/search/summary.json."""
     from e2rnas.genotypes import GENOTYPES
     from e2rnas.model_io import NetworkSpec, save_model
 
@@ -36,7 +40,8 @@ def make_tiny_run(root: Path, *, pipeline: bool = False, search_in_meta: bool = 
     train_dir.mkdir(parents=True, exist_ok=True)
     save_model(train_dir / "model.pt", model=model, genotype=genotype, spec=spec,
                data={"dataset": "digits", "ood_dataset": "digits-ood", "image_size": 16, "num_classes": 5},
-               search=SEARCH if search_in_meta else None)
+               search=({"genotype_source": str(root / "search"), "summary": SEARCH} if nested_search else SEARCH)
+               if search_in_meta else None)
     if pipeline and not search_in_meta:
         import json
 

@@ -16,13 +16,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from e2rnas.cli.app import app
-from e2rnas.export import EXPORTERS, artifact_name, export_model, read_metadata
 from typer.testing import CliRunner
 
+from e2rnas.cli.app import app
 from e2rnas.cost import DeployShape
 from e2rnas.data import batches, load_dataset, normalization_for
 from e2rnas.errors import E2RNASError
+from e2rnas.export import EXPORTERS, artifact_name, export_model, read_metadata
 from e2rnas.genotypes import GENOTYPES, Genotype
 from e2rnas.model_io import NetworkSpec, save_model
 from e2rnas.predict import OnnxRuntimePredictor, load_predictor

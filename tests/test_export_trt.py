@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from e2rnas.export import TensorRTUnavailable, artifact_name, export_model
-from e2rnas.export.tensorrt import support_problem
 
 from e2rnas.cost import DeployShape
 from e2rnas.data import batches, load_dataset, normalization_for
 from e2rnas.errors import E2RNASError
+from e2rnas.export import TensorRTUnavailable, artifact_name, export_model
+from e2rnas.export.tensorrt import support_problem
 from e2rnas.genotypes import GENOTYPES
 from e2rnas.model_io import NetworkSpec, save_model
 from e2rnas.predict import load_predictor

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from _deploy_helpers import make_tiny_run
 from _sshd import sshd  # noqa: F401 - fixture
+from typer.testing import CliRunner
+
 from e2rnas.cli.app import app
 from e2rnas.deploy_targets.remote import RemoteError, SshConfig, run_remote
-from typer.testing import CliRunner
 
 pytestmark = pytest.mark.ssh
 
@@ -90,3 +92,15 @@ def test_bench_cli_on_a_remote_target(sshd, tiny, tmp_path) -> None:  # noqa: F8
     assert row["status"] == "ok" and set(row["latency"]) == {"1", "2"}
     assert row["remote"]["remote_dir_removed"] and row["runner"]["providers"] == ["CPUExecutionProvider"]
     assert json.loads((tmp_path / "bench.json").read_text())["rows"][0]["latency"]["2"]["runs"] == 5
+
+
+def test_remote_runner_is_self_contained() -> None:
+    """It runs on the device: standard library, numpy, onnxruntime or tensorrt only (never e2rnas or torch)."""
+    import ast
+
+    from e2rnas.deploy_targets.remote import RUNNER_SCRIPT
+
+    tree = ast.parse(RUNNER_SCRIPT.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert names - set(sys.stdlib_module_names) <= {"numpy", "onnxruntime", "tensorrt"}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from _deploy_helpers import export_onnx, make_tiny_run
+
 from e2rnas.deploy_targets.env import environment, physical_cores, usable_cpus
 from e2rnas.deploy_targets.profiles import TARGETS
 from e2rnas.deploy_targets.runners import (
@@ -17,7 +18,6 @@ from e2rnas.deploy_targets.runners import (
     profile_op_share,
     summarize,
 )
-
 from e2rnas.errors import E2RNASError
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from e2rnas.deploy_targets.profiles import (
     BACKENDS,
     TARGETS,
