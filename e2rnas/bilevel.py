@@ -10,6 +10,8 @@ data objectives' theta'-gradients (it is linear in them). See ``docs/bilevel-ste
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -56,7 +58,7 @@ class BilevelStep:
                  cost_model: CostModel | None, w_optimizer: torch.optim.SGD, a_optimizer: torch.optim.Optimizer,
                  first_order: bool = False, ll_ood: bool = True, ll_adv: bool = False, eps: float = 2 / 255,
                  fgsm_step: float = 1.25, grad_clip: float = 5.0, params_bound_m: float | None = None,
-                 macs_bound_m: float | None = None, hvp_eps: float = 0.01):
+                 macs_bound_m: float | None = None, hvp_eps: float = 0.01, central_hvp: bool = False):
         self.model = model
         self.objectives = objectives
         self.weighting = weighting
@@ -72,6 +74,7 @@ class BilevelStep:
         self.params_bound_m = params_bound_m
         self.macs_bound_m = macs_bound_m
         self.hvp_eps = hvp_eps
+        self.central_hvp = central_hvp
         self.weight_names = list(model.named_weight_parameters())
         self.weights = list(model.named_weight_parameters().values())
         self.alphas = model.arch_parameters()
@@ -85,13 +88,21 @@ class BilevelStep:
         params = dict(zip(self.weight_names, theta, strict=True))
         return lambda x: functional_call(self.model, params, (x,))
 
-    def _lower_loss(self, forward, batch: StepBatch, x_train_adv: torch.Tensor | None) -> torch.Tensor:
-        loss = F.cross_entropy(forward(batch.x_train), batch.y_train)
+    def _lower_grads(self, forward, batch: StepBatch, x_train_adv: torch.Tensor | None,
+                     wrt: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(L_lower, grad of L_lower w.r.t. ``wrt``), one term at a time so that only one graph is alive."""
+        terms = [lambda: F.cross_entropy(forward(batch.x_train), batch.y_train)]
         if self.ll_ood and batch.x_ood_lower is not None:
-            loss = loss + ood_kl_uniform(forward(batch.x_ood_lower))
+            terms.append(lambda: ood_kl_uniform(forward(batch.x_ood_lower)))
         if x_train_adv is not None:
-            loss = loss + F.cross_entropy(forward(x_train_adv), batch.y_train)
-        return loss
+            terms.append(lambda: F.cross_entropy(forward(x_train_adv), batch.y_train))
+        total, grads = None, None
+        for term in terms:
+            loss = term()
+            g = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
+            grads = list(g) if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
+            total = loss.detach() if total is None else total + loss.detach()
+        return total, grads
 
     def _unrolled(self, g: list[torch.Tensor], xi: float) -> list[torch.Tensor]:
         group = self.w_optimizer.param_groups[0]
@@ -105,18 +116,28 @@ class BilevelStep:
             out.append((p.detach() - xi * step).requires_grad_(True))
         return out
 
-    def _hvp(self, v: list[torch.Tensor], batch: StepBatch, x_train_adv: torch.Tensor | None) -> list[torch.Tensor]:
-        """grad_alpha grad_theta L_lower . v by central differences at theta +- eps v (DARTS, eq. 8 of DARTS)."""
+    def _hvp(self, v: list[torch.Tensor], batch: StepBatch, x_train_adv: torch.Tensor | None,
+             alpha_grad_t: list[torch.Tensor], rng: tuple) -> list[torch.Tensor]:
+        """grad_alpha grad_theta L_lower . v by finite differences along v (DARTS' eq. 8, r = eps / |v|).
+
+        Forward differences reuse grad_alpha L_lower(theta_t), which the lower-level pass computed anyway, so the
+        product costs one more lower-level pass; ``central_hvp`` takes DARTS' two passes at theta +- r v instead.
+        Every pass replays the lower-level pass's random stream, so stochastic ops (P-DARTS' skip dropout) draw
+        the same masks and the difference sees only the change of theta.
+        """
         norm = torch.sqrt(sum((t * t).sum() for t in v))
         if float(norm) == 0.0:
             return [torch.zeros_like(a) for a in self.alphas]
         r = self.hvp_eps / norm
+        signs = (1.0, -1.0) if self.central_hvp else (1.0,)
         grads = []
-        for sign in (1.0, -1.0):
+        for sign in signs:
             theta = [p.detach() + sign * r * t for p, t in zip(self.weights, v, strict=True)]
-            loss = self._lower_loss(self._forward(theta), batch, x_train_adv)
-            grads.append(torch.autograd.grad(loss, self.alphas, allow_unused=True, materialize_grads=True))
-        return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
+            with _replay_rng(rng, self.alphas[0].device):
+                grads.append(self._lower_grads(self._forward(theta), batch, x_train_adv, self.alphas)[1])
+        if self.central_hvp:
+            return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
+        return [(gp - g0) / r for gp, g0 in zip(grads[0], alpha_grad_t, strict=True)]
 
     # -- the step ----------------------------------------------------------------------------------------------
     def gradients(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None
@@ -128,11 +149,13 @@ class BilevelStep:
         if self.ll_adv:
             x_train_adv = fgsm(model, batch.x_train, batch.y_train, eps=self.eps, step_size=self.fgsm_step * self.eps,
                                generator=generator)
-        lower = self._lower_loss(model, batch, x_train_adv)
-        _check_finite({"lower": lower})
-        g = list(torch.autograd.grad(lower, self.weights, allow_unused=True, materialize_grads=True))
-
         second_order = not self.first_order
+        rng = _rng_snapshot(self.alphas[0].device)
+        wrt = self.weights + (self.alphas if second_order and not self.central_hvp else [])
+        lower, grads = self._lower_grads(model, batch, x_train_adv, wrt)
+        _check_finite({"lower": lower})
+        g, alpha_grad_t = grads[:len(self.weights)], grads[len(self.weights):]
+
         theta = self._unrolled(g, lr) if second_order else None
         forward = self._forward(theta)
         names = [o.name for o in self.objectives]
@@ -170,7 +193,7 @@ class BilevelStep:
                 if tg is None:
                     continue
                 v = [w * t for t in tg] if v is None else [a + w * t for a, t in zip(v, tg, strict=True)]
-            implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv)])
+            implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv, alpha_grad_t, rng)])
             combined = combined - lr * implicit
 
         result = StepResult(
@@ -198,6 +221,20 @@ class BilevelStep:
         self.w_optimizer.zero_grad(set_to_none=True)
         self.a_optimizer.zero_grad(set_to_none=True)
         return result
+
+
+def _rng_snapshot(device: torch.device) -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def _replay_rng(snapshot: tuple, device: torch.device) -> Iterator[None]:
+    """Run the block on a copy of the random stream as it was at ``snapshot``; the global stream is untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(snapshot[0])
+        if snapshot[1] is not None:
+            torch.cuda.set_rng_state(snapshot[1], device)
+        yield
 
 
 def _check_finite(losses: dict[str, torch.Tensor]) -> None:

@@ -70,10 +70,12 @@ def test_objectives_registry_contract():
     assert float(ood_kl_uniform(logits)) == pytest.approx(float(expected), rel=1e-5)
 
 
-def test_second_order_gradient_matches_finite_differences_of_the_unrolled_objective():
+@pytest.mark.parametrize("central", [False, True], ids=["forward-hvp", "central-hvp"])
+def test_second_order_gradient_matches_finite_differences_of_the_unrolled_objective(central):
     """d/d alpha of L_val(theta - xi grad_theta L_tr(theta, alpha), alpha), checked along random directions."""
     model, step, batch = _setup(objectives=("val",), dtype=torch.float64, weighting="equal", wd=0.0, momentum=0.0,
                                 ll_ood=False, hvp_eps=1e-6, n=8)
+    step.central_hvp = central
     xi = 0.025
     _, combined, _ = step.gradients(batch, lr=xi)
     names = list(model.named_weight_parameters())
@@ -193,3 +195,17 @@ def test_pdarts_stages_prune_ops_grow_depth_and_resume(tmp_path):
     resumed = run_search(cfg, out_dir=tmp_path / "cut", resume=True)
     assert resumed["genotype"] == full["genotype"]
     assert _alphas(tmp_path / "cut") == _alphas(tmp_path / "full")
+
+
+def test_hessian_vector_product_replays_the_dropout_masks():
+    """With P-DARTS' skip dropout on, both finite-difference schemes must see the same masks in every pass: the
+    forward and central products then agree; with fresh masks per pass they would differ by O(|grad| / r)."""
+    model, step, batch = _setup(objectives=("val",), dtype=torch.float64, weighting="equal", hvp_eps=1e-6, n=4)
+    model.set_skip_dropout(0.5)
+    out = []
+    for central in (False, True):
+        step.central_hvp = central
+        torch.manual_seed(3)
+        out.append(step.gradients(batch, lr=0.025)[1])
+    assert torch.allclose(out[0], out[1], rtol=1e-4, atol=1e-8)
+    assert torch.get_rng_state().ne(torch.manual_seed(3).get_state()).any()  # the global stream moved on
