@@ -14,8 +14,8 @@ DEFAULT_PRESET = "embedded-default"
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "embedded-default": {
-        "search": dict(dataset="digits", ood_dataset="digits-ood", image_size=16, layers=5, C=8, epochs=5,
-                       batch_size=32, a_lr=3e-3, train_portion=0.5, deploy_layers=8, deploy_C=16, deploy_num_classes=5,
+        "search": dict(dataset="digits", ood_dataset="digits-ood", image_size=16, layers=5, C=8, epochs=3,
+                       batch_size=32, a_lr=5e-3, train_portion=0.5, deploy_layers=8, deploy_C=16, deploy_num_classes=5,
                        deploy_input_size=16, params_bound=0.15, flops_bound=7.0, pdarts_layers=(3, 5, 5)),
         "train": dict(dataset="digits", ood_dataset="digits-ood", ood_weight=0.5, image_size=None, layers=8, C=16,
                       epochs=10, batch_size=64, lr=0.05, auxiliary=True, auxiliary_weight=0.4, drop_path=0.1,
