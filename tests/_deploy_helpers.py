@@ -11,6 +11,8 @@ SEARCH = {"params_bound_m": 0.05, "flops_bound_m": 2.0, "expected_params_m": 0.0
           "exact_params_m": 0.045, "exact_macs_m": 1.6,
           "deploy_shape": {"layers": 5, "C": 4, "num_classes": 5, "input_size": 16}}
 
+FAST = ["--runs", "5", "--warmup", "1", "--threads", "1"]  # bench options for tests: seconds, not minutes
+
 
 def export_onnx(model: torch.nn.Module, path: Path, *, static_batch: int | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)

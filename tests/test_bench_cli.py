@@ -8,12 +8,10 @@ import sys
 
 import numpy as np
 import pytest
-from _deploy_helpers import make_tiny_run
+from _deploy_helpers import FAST, make_tiny_run
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
-
-FAST = ["--runs", "5", "--warmup", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")

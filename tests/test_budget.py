@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from _deploy_helpers import SEARCH, make_tiny_run
+from _deploy_helpers import FAST, SEARCH, make_tiny_run
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
@@ -19,8 +19,6 @@ from e2rnas.deploy_targets.budget import (
     load_budget,
     parse_budget,
 )
-
-FAST = ["--runs", "5", "--warmup", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")

@@ -24,15 +24,6 @@ TINY = TrainConfig(dataset="digits", layers=3, C=4, epochs=3, batch_size=32, lr=
                    ood_dataset="digits-ood", ood_weight=0.5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks run faster on one thread, and far faster when other jobs share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_a_few_epochs_on_digits_beat_chance_by_far(tmp_path):
     cfg = TrainConfig(dataset="digits", layers=3, C=8, epochs=6, batch_size=32, lr=0.1, cutout=0, crop_pad=2,
