@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, TypeVar
 
+from e2rnas._io import read_yaml
 from e2rnas.errors import E2RNASError
 from e2rnas.presets import preset_section
 
@@ -13,14 +14,7 @@ T = TypeVar("T")
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
-    import yaml
-
-    if not path.is_file():
-        raise E2RNASError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise E2RNASError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    data = read_yaml(path, kind="config file", error=E2RNASError) or {}
     if not isinstance(data, dict):
         raise E2RNASError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
     return data

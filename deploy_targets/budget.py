@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2rnas._io import read_yaml
 from e2rnas.errors import E2RNASError
 
 FORMAT = "e2rnas.check/1"
@@ -85,16 +86,8 @@ def parse_budget(data: Any, *, where: str) -> Budget:
 
 
 def load_budget(path: str | Path) -> Budget:
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise BudgetError(f"budget file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise BudgetError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return parse_budget(data, where=str(path))
+    return parse_budget(read_yaml(path, kind="budget file", error=BudgetError), where=str(path))
 
 
 def default_budget_path() -> Path:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from e2rnas._io import read_yaml
 from e2rnas.errors import E2RNASError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -164,15 +165,8 @@ def target_from_dict(data: dict[str, Any], *, where: str) -> Target:
 
 
 def load_target_file(path: str | Path) -> Target:
-    import yaml
-
     path = Path(path)
-    if not path.is_file():
-        raise TargetError(f"target file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TargetError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    data = read_yaml(path, kind="target file", error=TargetError)
     if not isinstance(data, dict):
         raise TargetError(f"{path} must hold a mapping of target fields (name, device, backends, ...)")
     return target_from_dict(data, where=str(path))

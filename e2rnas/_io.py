@@ -56,6 +56,18 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+def read_yaml(path: Path, *, kind: str, error: type[Exception]) -> Any:
+    """The parsed YAML file at ``path``; a missing file or a syntax error raises ``error`` with a one-line message."""
+    import yaml
+
+    if not path.is_file():
+        raise error(f"{kind} not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise error(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
+
+
 def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
