@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 OpFactory = Callable[[int, int, bool], nn.Module]
@@ -92,7 +93,22 @@ class FactorizedReduce(nn.Module):
         shifted = x[:, :, 1:, 1:]
         if x.shape[2] % 2 or x.shape[3] % 2:  # odd sizes: pad so both branches give ceil(H/2)
             shifted = nn.functional.pad(shifted, (0, x.shape[3] % 2, 0, x.shape[2] % 2))
+        if _avoid_strided_1x1(x):
+            # Same numbers: a stride-2 1x1 conv is a 1x1 conv of the stride-2 subsample (docs/onednn-avx2-crash.md).
+            a = F.conv2d(x[:, :, ::2, ::2], self.conv_1.weight)
+            b = F.conv2d(shifted[:, :, ::2, ::2], self.conv_2.weight)
+            return self.bn(torch.cat([a, b], dim=1))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+#: oneDNN 3.x's AVX2 ``brgconv_strided`` backward-data kernel corrupts the heap for NHWC 1x1 stride-2 convolutions
+#: with fewer input channels than one AVX2 register holds (8 floats): docs/onednn-avx2-crash.md.
+_ONEDNN_MIN_SAFE_CHANNELS = 8
+
+
+def _avoid_strided_1x1(x: torch.Tensor) -> bool:
+    """NHWC storage on a CPU (dense, or a channel slice of it: channel stride 1) with too few channels."""
+    return x.device.type == "cpu" and 1 < x.shape[1] < _ONEDNN_MIN_SAFE_CHANNELS and x.stride(1) == 1
 
 
 register_op("none")(lambda C, stride, affine: Zero(stride))

@@ -1,8 +1,9 @@
+import pytest
 import torch
 
 from e2rnas.genotypes import GENOTYPES
 from e2rnas.model import Network, count_params
-from e2rnas.ops import PRIMITIVES
+from e2rnas.ops import PRIMITIVES, FactorizedReduce
 from e2rnas.search_model import SearchNetwork, derive_genotype
 
 
@@ -59,3 +60,20 @@ def test_imagenet_variant_at_224():
 def test_darts_v2_param_count():
     net = Network(GENOTYPES["DARTS_V2"], C=36, layers=20, num_classes=10, auxiliary=True)
     assert abs(count_params(net) / 1e6 - 3.349) < 0.001
+
+
+@pytest.mark.parametrize("channels,size", [(2, 8), (4, 9), (6, 16), (16, 8)])
+def test_factorized_reduce_same_numbers_in_nhwc_and_nchw(channels, size):
+    """The NHWC path with few channels sidesteps oneDNN's AVX2 strided 1x1 backward (docs/onednn-avx2-crash.md)."""
+    torch.manual_seed(0)
+    fr = FactorizedReduce(channels, 2 * channels)
+    x = torch.randn(2, channels, size, size, requires_grad=True)
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    a, b = fr(x), fr(x_cl)
+    assert torch.allclose(a, b, atol=1e-5)
+    (ga,) = torch.autograd.grad(a.square().sum(), x)
+    (gb,) = torch.autograd.grad(b.square().sum(), x_cl)
+    assert torch.allclose(ga, gb, atol=1e-4)
+    # a channel slice of an NHWC tensor (PC-DARTS' partial channels) gives the same numbers too
+    wide = torch.cat([x_cl.detach(), x_cl.detach()], dim=1).contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(fr(wide[:, :channels]), a, atol=1e-5)

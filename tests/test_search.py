@@ -209,3 +209,29 @@ def test_hessian_vector_product_replays_the_dropout_masks():
         out.append(step.gradients(batch, lr=0.025)[1])
     assert torch.allclose(out[0], out[1], rtol=1e-4, atol=1e-8)
     assert torch.get_rng_state().ne(torch.manual_seed(3).get_state()).any()  # the global stream moved on
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("partial_channels", [1, 4], ids=["darts", "pc-darts"])
+def test_search_step_runs_at_one_and_two_threads(partial_channels, threads):
+    """One full second-order step (forward and backward through every op, NHWC on the CPU): the layout where
+    oneDNN's AVX2 kernels once corrupted the heap (run under MALLOC_CHECK_=3 and forced AVX2 in CI)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        model = SearchNetwork(C=8, layers=3, num_classes=5, partial_channels=partial_channels)
+        cost = CostModel(DeployShape(layers=5, C=8, num_classes=5, input_size=16))
+        step = BilevelStep(model, objectives=make_objectives(ALL), weighting=Weighting("mgda"), cost_model=cost,
+                           w_optimizer=torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9),
+                           a_optimizer=torch.optim.Adam(model.arch_parameters(), lr=3e-4),
+                           params_bound_m=0.05, macs_bound_m=2.0)
+        g = torch.Generator().manual_seed(1)
+        x = [torch.rand(4, 3, 16, 16, generator=g) for _ in range(4)]
+        batch = StepBatch(x[0], torch.arange(4) % 5, x[1], (torch.arange(4) + 1) % 5, x[2], x[3])
+        before = [a.detach().clone() for a in model.arch_parameters()]
+        res = step.step(batch, lr=0.025, generator=torch.Generator().manual_seed(0))
+        assert all(torch.isfinite(torch.tensor(v)) for v in res.losses.values())
+        assert all(not torch.equal(a, b) for a, b in zip(before, model.arch_parameters(), strict=True))
+    finally:
+        torch.set_num_threads(previous)
