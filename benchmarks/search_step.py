@@ -4,6 +4,9 @@ Each measurement runs in its own process so that its peak RSS (VmHWM) is its own
 
     python benchmarks/search_step.py                 # configs (a) and (b), 10 timed steps after 2 warm-ups
     python benchmarks/search_step.py --config paper --steps 2   # 8 cells, C=16, batch 64: memory check
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/search_step.py --method pc-darts  # AVX2 kernels
+
+The "cpu" column is the kernel set torch dispatched to (``torch.backends.cpu.get_cpu_capability()``).
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def child(cfg: dict, mode: dict, warmup: int, steps: int) -> dict:
 
     torch.manual_seed(0)
     n, s, k = cfg["batch"], cfg["size"], cfg["classes"]
-    model = SearchNetwork(cfg["C"], cfg["layers"], k)
+    model = SearchNetwork(cfg["C"], cfg["layers"], k, partial_channels=cfg.get("partial_channels", 1))
     g = torch.Generator().manual_seed(0)
 
     def rand():
@@ -79,7 +82,7 @@ def child(cfg: dict, mode: dict, warmup: int, steps: int) -> dict:
         run()
         times.append(time.perf_counter() - t)
     return {"median_s": statistics.median(times), "min_s": min(times), "peak_rss_gb": _peak_rss_gb(),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}
 
 
 def main() -> None:
@@ -88,6 +91,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--method", choices=["darts", "pc-darts"], default="darts",
+                    help="supernet variant (pc-darts: K=4 partial channels)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -98,10 +103,10 @@ def main() -> None:
     from rich.table import Table
 
     table = Table(title="Search step on this CPU (median of timed steps; peak RSS of the measuring process)")
-    for col in ("config", "mode", "s/step", "x unit", "peak RSS GB", "threads"):
+    for col in ("config", "mode", "s/step", "x unit", "peak RSS GB", "threads", "cpu"):
         table.add_column(col, justify="right" if col not in ("config", "mode") else "left")
     for name in args.config:
-        cfg = CONFIGS[name]
+        cfg = CONFIGS[name] | ({"partial_channels": 4} if args.method == "pc-darts" else {})
         unit = None
         for label in args.modes:
             spec = json.dumps({"cfg": cfg, "mode": MODES[label], "warmup": args.warmup, "steps": args.steps})
@@ -111,9 +116,9 @@ def main() -> None:
             if MODES[label]["kind"] == "unit":
                 unit = res["median_s"]
             ratio = f"{res['median_s'] / unit:.1f}" if unit else "-"
-            desc = f"({name}) {cfg['layers']} cells C={cfg['C']} b{cfg['batch']} {cfg['size']}px"
+            desc = f"({name}) {args.method} {cfg['layers']} cells C={cfg['C']} b{cfg['batch']} {cfg['size']}px"
             table.add_row(desc, label, f"{res['median_s']:.2f}", ratio, f"{res['peak_rss_gb']:.2f}",
-                          str(res["threads"]))
+                          str(res["threads"]), res["cpu"])
             print(json.dumps({"config": name, "mode": label, **res}), file=sys.stderr)
     Console().print(table)
 

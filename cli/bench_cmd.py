@@ -132,3 +132,5 @@ def show(result: dict[str, Any]) -> None:
     for r in result["rows"]:
         for note in (r.get("metrics") or {}).get("notes", []) + r.get("warnings", []):
             console.print(f"[yellow]note[/] {r['format']}: {note}", highlight=False)
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note[/] {note}", highlight=False)

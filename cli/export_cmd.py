@@ -26,6 +26,9 @@ Workspace = Annotated[int, typer.Option("--workspace", help="TensorRT builder wo
 CalibData = Annotated[str | None, typer.Option(
     "--calib-data", help="int8 calibration images (data set spec; default: the model's data set, train split).")]
 CalibSamples = Annotated[int, typer.Option("--calib-samples", help="Number of int8 calibration images.")]
+Int8Scheme = Annotated[str, typer.Option(
+    "--int8-scheme", help="ONNX Runtime int8 types: auto (from this CPU's flags) | s8s8 | u8s8-reduce-range | u8u8; "
+                          "see docs/int8-cpu.md.")]
 Samples = Annotated[int, typer.Option("--samples", help="Validation images compared with torch.")]
 
 
@@ -33,8 +36,8 @@ def export(
     source: Source, onnx: Onnx = False, trt: Trt = False, precision: Precision = "fp32", batch: Batch = 1,
     dynamic: Dynamic = True, max_batch: MaxBatch = 64, opset: Opset = 18, exporter: Exporter = "dynamo",
     simplify: Simplify = False, atol: Atol = None, workspace: Workspace = 1024, calib_data: CalibData = None,
-    calib_samples: CalibSamples = 256, samples: Samples = 64, dataset: opt.Dataset = None,
-    data_dir: opt.DataDir = None, layers: opt.Layers = None, channels: opt.Channels = None,
+    calib_samples: CalibSamples = 256, int8_scheme: Int8Scheme = "auto", samples: Samples = 64,
+    dataset: opt.Dataset = None, data_dir: opt.DataDir = None, layers: opt.Layers = None, channels: opt.Channels = None,
     image_size: opt.ImageSize = None, classes: opt.Classes = None, seed: opt.Seed = None, out: opt.Out = None,
     json: opt.Json = False,
 ) -> None:
@@ -57,7 +60,7 @@ def export(
         source, out_dir=out_dir, onnx=onnx or not trt, trt=trt, precision=precision, opset=opset, exporter=exporter,
         dynamic_batch=dynamic, batch=batch, max_batch=max_batch, simplify=simplify, atol=atol,
         workspace_mb=workspace, dataset=dataset, data_dir=data_dir, validation_samples=samples,
-        calib_data=calib_data, calib_samples=calib_samples, shape=shape, seed=seed or 0)
+        calib_data=calib_data, calib_samples=calib_samples, int8_scheme=int8_scheme, shape=shape, seed=seed or 0)
     if json:
         print_json({"out_dir": str(out_dir), "results": [r.as_dict() for r in results]})
     else:

@@ -41,6 +41,9 @@ class SearchProgress:
             table.add_row("N(alpha) / L", f"{rec['expected_params_m']:.4f} M", f"{self.L:.4f} M")
             table.add_row("F(alpha) / F", f"{rec['expected_macs_m']:.2f} M MACs", f"{self.F:.2f} M MACs")
             table.add_row("genotype (exact)", f"{rec['exact_params_m']:.4f} M", f"{rec['exact_macs_m']:.2f} M MACs")
+            if rec.get("expected_latency_ms") is not None:
+                table.add_row("Lat(alpha) / genotype (table)", f"{rec['expected_latency_ms']:.4f} ms",
+                              f"{rec['table_latency_ms']:.4f} ms")
         return Group(self.progress, table)
 
     def __enter__(self) -> SearchProgress:
@@ -83,6 +86,15 @@ def search(
     deploy_layers: Annotated[int | None, typer.Option("--deploy-layers", help="Cells of the deployed network.")] = None,
     deploy_channels: Annotated[int | None, typer.Option("--deploy-channels", help="C of the deployed network.")] = None,
     deploy_image_size: Annotated[int | None, typer.Option("--deploy-image-size", help="Deployed input size.")] = None,
+    derive: Annotated[str | None, typer.Option("--derive", help="Genotype rule: budget (exact optimum of the "
+                                               "alphas under L, F, T; default) or darts (top-2 rule).")] = None,
+    params_floor: Annotated[float | None, typer.Option("--params-floor", help="Budget rule: params >= this "
+                                                       "fraction of L (default 0.8).")] = None,
+    latency_bound: Annotated[float | None, typer.Option("--latency-bound", help="T: latency of the deployed "
+                                                        "network on the table's target, in ms (needs --lut).")] = None,
+    lut: Annotated[Path | None, typer.Option("--lut", help="Latency table from `e2rnas lut` for the deploy "
+                                             "network.")] = None,
+    arch_lr: Annotated[float | None, typer.Option("--arch-lr", help="Architecture (alpha) learning rate.")] = None,
     weighting: Weighting = None,
     normalization: Annotated[str | None, typer.Option("--grad-norm", help="MGDA gradient normalisation: none, l2, "
                                                       "loss, loss+l2.")] = None,
@@ -112,7 +124,8 @@ def search(
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
         weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
-        max_steps_per_epoch=max_steps, seed=seed, device=device))
+        max_steps_per_epoch=max_steps, seed=seed, device=device, derive=derive, params_floor=params_floor,
+        latency_bound=latency_bound, lut=str(lut) if lut else None, a_lr=arch_lr))
     out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     if not json:
         console.print(f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
@@ -123,9 +136,22 @@ def search(
     if json:
         print_json(summary | {"run_dir": str(out_dir)})
         return
-    print_table("Search result", ["", "params (M)", "MACs (M)"], [
-        ["bound (L, F)", summary["params_bound_m"], summary["flops_bound_m"]],
-        ["softmax estimate at final alphas", summary["expected_params_m"], summary["expected_macs_m"]],
-        ["exact cost of the genotype", summary["exact_params_m"], summary["exact_macs_m"]],
-    ], caption=f"deploy network: {summary['deploy_shape']}")
+    print_search_summary(summary)
     console.print(f"genotype: {out_dir / 'genotype.json'}  (supernet val accuracy {summary['val_accuracy']:.3f})")
+
+
+def print_search_summary(summary: dict[str, Any]) -> None:
+    """Bounds against the softmax estimate and each derivation rule's exact cost; then the warnings."""
+    lat = "latency_bound_ms" in summary
+    rows = [["bound (L, F" + (", T)" if lat else ")"), summary["params_bound_m"], summary["flops_bound_m"]]
+            + ([summary["latency_bound_ms"]] if lat else []),
+            ["softmax estimate at final alphas", summary["expected_params_m"], summary["expected_macs_m"]]
+            + ([summary["expected_latency_ms"]] if lat else [])]
+    for rule, d in summary["derivations"].items():
+        mark = " (handed on)" if rule == summary["derive"] else ""
+        rows.append([f"{rule} rule genotype{mark}", d["params"], d["macs"]] + ([d.get("latency")] if lat else []))
+    print_table("Search result", ["", "params (M)", "MACs (M)"] + (["latency (ms)"] if lat else []), rows,
+                caption=f"deploy network: {summary['deploy_shape']}; derivation gap "
+                        f"{summary['derivation_gap']:.3f} (summed log strength, darts - {summary['derive']})")
+    for w in summary.get("warnings", []):
+        console.print(f"[bold yellow]warning:[/] {w}", highlight=False)

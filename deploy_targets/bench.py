@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from e2rnas.deploy_targets.cpu_features import cpu_features
 from e2rnas.deploy_targets.profiles import Target
 from e2rnas.errors import E2RNASError
 
@@ -82,6 +83,8 @@ def artifact_facts(path: Path) -> dict[str, Any]:
     facts["data"] = {"dataset": meta.get("dataset")} if meta.get("dataset") else {}
     facts["search"] = meta.get("search") or {}
     facts["precision"] = meta.get("precision")
+    if meta.get("int8_scheme"):
+        facts["int8_scheme"] = meta["int8_scheme"]
     return facts
 
 
@@ -230,6 +233,8 @@ def measure_artifact(path: Path, *, target: Target, batch_sizes: Sequence[int], 
         row.update(status="error", error=str(exc).splitlines()[0])
     except Exception as exc:  # a broken artifact must not hide the other rows
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    if facts.get("int8_scheme"):
+        row["int8_scheme"] = facts["int8_scheme"]
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
 
@@ -318,16 +323,70 @@ def bench(artifacts: Sequence[str | Path], *, target: Target, batch_sizes: Seque
         data = load_eval_data(metrics=metrics, data_meta=data_meta_of(facts, sources),
                               image_size=next(iter(sizes), None), dataset=dataset, ood_dataset=ood_dataset,
                               data_dir=data_dir, max_samples=max_samples, seed=seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for p, f, src in zip(paths, facts, sources, strict=True):
         row = measure_artifact(p, target=target, batch_sizes=batch_sizes, metrics=metrics, warmup=warmup, runs=runs,
                                duration=duration, threads=threads, data=data, source_model=src, ssh=ssh, facts=f)
         rows.append(row)
         if on_row is not None:
             on_row(row)
+    local_cpu = target.device == "cpu" and not target.remote
+    notes = int8_notes(rows, export_summaries(paths), where=target.name, cpu=cpu_features() if local_cpu else None)
     return {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "target": target.as_dict(),
             "environment": environment(threads=threads), "settings": {
                 "batch_sizes": list(batch_sizes), "metrics": list(metrics), "warmup": warmup, "runs": runs,
                 "duration": duration, "threads": threads, "max_samples": max_samples, "seed": seed,
                 "host": getattr(ssh, "host", None)},
-            "data": data.info, "rows": rows}
+            "data": data.info, "rows": rows, "notes": notes}
+
+
+# ------------------------------------------------------------------------------------------------ int8 notes
+def export_summaries(paths: Sequence[Path]) -> dict[str, dict[str, Any]]:
+    """The readable ``export.json`` beside each artifact: it records the artifacts export refused to write."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in dict.fromkeys(Path(p).resolve().parent for p in paths):
+        try:
+            data = json.loads((d / "export.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict):
+            out[str(d)] = data
+    return out
+
+
+def int8_notes(rows: Sequence[dict[str, Any]], summaries: dict[str, dict[str, Any]], *, where: str = "this CPU",
+               cpu: dict[str, Any] | None = None) -> list[str]:
+    """One line per int8 finding: refused at export, slower than fp32 at the same batch, or an S8S8 file on an
+    x86 CPU without VNNI (where ORT's int8 kernels can saturate; docs/int8-cpu.md)."""
+    notes = []
+    for folder, summary in summaries.items():
+        for r in summary.get("results") or []:
+            if (r.get("format"), r.get("precision"), r.get("status")) == ("onnx", "int8", "failed"):
+                reason = (r.get("details") or {}).get("reason") or "failed validation"
+                if "--int8-scheme" not in reason:
+                    reason += "; try --int8-scheme u8u8 or u8s8-reduce-range (docs/int8-cpu.md)"
+                notes.append(f"INT8 was refused at export ({folder}/export.json): {reason}")
+    ok = [r for r in rows if r.get("status") == "ok"]
+    for q in (r for r in ok if r.get("format") == "onnx-int8"):
+        folder = Path(q["artifact"]).parent
+        fp32 = [r for r in ok if r.get("format") == "onnx"]
+        ref = next((r for r in fp32 if Path(r["artifact"]).parent == folder), fp32[0] if fp32 else None)
+        slower = _slower_batches(q, ref) if ref is not None else []
+        if slower:
+            notes.append(f"{Path(q['artifact']).name} measured slower than {Path(ref['artifact']).name} on {where} at "
+                         f"{', '.join(slower)}: int8 pays off with VNNI/dot-product instructions and enough work per "
+                         "call; fp32 is the faster artifact here")
+        if q.get("int8_scheme") == "s8s8" and cpu and cpu.get("arch") == "x86_64" and cpu.get("vnni") is False:
+            notes.append(f"{Path(q['artifact']).name} is S8S8, which can saturate on this x86 {cpu.get('isa')} CPU "
+                         "without VNNI: re-export here with --int8-scheme auto (or u8u8)")
+    return notes
+
+
+def _slower_batches(q: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    """The batches both rows measured where ``q``'s p50 is above ``ref``'s, as "batch B (p50 X vs Y ms)"."""
+    out = []
+    for b, stats in (q.get("latency") or {}).items():
+        mine, theirs = stats.get("p50_ms"), ((ref.get("latency") or {}).get(b) or {}).get("p50_ms")
+        if mine is not None and theirs is not None and mine > theirs:
+            out.append(f"batch {b} (p50 {mine:.3g} vs {theirs:.3g} ms)")
+    return out

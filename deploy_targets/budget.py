@@ -223,6 +223,7 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
           threads: int | None = None, ssh: Any = None, seed: int = 0) -> dict[str, Any]:
     """Every budget line measured now on ``target`` (or read from eval.json with ``reuse_eval``)."""
     from e2rnas.deploy_targets import bench as B
+    from e2rnas.deploy_targets.cpu_features import cpu_features
     from e2rnas.deploy_targets.env import environment
     from e2rnas.deploy_targets.runners import artifact_format, open_runner
     from e2rnas.model import count_macs, count_params
@@ -291,6 +292,11 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
                 measured.update(_eval_values(B.evaluate_artifact(B.as_predictor(runner), data=data, metrics=metrics,
                                                                  attack_model=attack_model)))
                 eval_source = f"evaluate() on {artifact.name} ({target.name})"
+    exported = [p for p in run.artifacts.values() if p.suffix != ".pt"]
+    notes += B.int8_notes(_int8_rows(artifact, run, target=target, latency=latency, batch=budget.latency_batch,
+                                     threads=threads, warmup=warmup, runs=runs, duration=duration),
+                          B.export_summaries(exported), where=target.name,
+                          cpu=cpu_features() if target.device == "cpu" and not target.remote else None)
     if budget.max_latency_ms is not None:
         value = (latency or {}).get(f"p{budget.latency_percentile}_ms")
         lines.append(CheckLine("max_latency_ms", f"latency p{budget.latency_percentile} ms, batch "
@@ -308,6 +314,27 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
             "search_from": run.search_from, "eval_source": eval_source, "latency": latency, "data": data.info,
             "lines": [ln.as_dict() for ln in lines], "passed": all(ln.passed for ln in lines), "notes": notes,
             "environment": environment(threads=threads)}
+
+
+def _int8_rows(artifact: Path | None, run: RunFiles, *, target: Any, latency: dict[str, Any] | None, batch: int,
+               threads: int | None, warmup: int, runs: int | None, duration: float | None) -> list[dict[str, Any]]:
+    """Bench-style rows for ``bench.int8_notes`` when the checked artifact is ONNX int8: it, and the fp32 ONNX
+    file timed at the same batch (so that an int8 file slower than fp32 on this target is said)."""
+    from e2rnas.deploy_targets import bench as B
+    from e2rnas.deploy_targets.runners import artifact_format, open_runner
+
+    if artifact is None or artifact_format(artifact) != "onnx-int8":
+        return []
+    rows = [{"artifact": str(artifact), "format": "onnx-int8", "status": "ok",
+             "latency": {str(batch): latency} if latency else {},
+             "int8_scheme": B.artifact_facts(artifact).get("int8_scheme")}]
+    fp32 = run.artifacts.get("onnx")
+    if latency and fp32 is not None and not target.remote:
+        with open_runner(fp32, target=target, threads=threads) as runner:
+            if runner.accepts_batch(batch):
+                stats = runner.measure(batch, warmup=warmup, runs=runs, duration=duration).as_dict()
+                rows.append({"artifact": str(fp32), "format": "onnx", "status": "ok", "latency": {str(batch): stats}})
+    return rows
 
 
 def _eval_values(result: dict[str, Any]) -> dict[str, float | None]:

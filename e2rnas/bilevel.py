@@ -48,6 +48,7 @@ class StepResult:
     effective: dict[str, float]
     params_m: float
     macs_m: float
+    latency_ms: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -58,7 +59,8 @@ class BilevelStep:
                  cost_model: CostModel | None, w_optimizer: torch.optim.SGD, a_optimizer: torch.optim.Optimizer,
                  first_order: bool = False, ll_ood: bool = True, ll_adv: bool = False, eps: float = 2 / 255,
                  fgsm_step: float = 1.25, grad_clip: float = 5.0, params_bound_m: float | None = None,
-                 macs_bound_m: float | None = None, hvp_eps: float = 0.01, central_hvp: bool = False):
+                 macs_bound_m: float | None = None, hvp_eps: float = 0.01, central_hvp: bool = False,
+                 latency_table=None, latency_bound_ms: float | None = None):
         self.model = model
         self.objectives = objectives
         self.weighting = weighting
@@ -74,12 +76,16 @@ class BilevelStep:
         self.params_bound_m = params_bound_m
         self.macs_bound_m = macs_bound_m
         self.hvp_eps = hvp_eps
+        self.latency_table = latency_table
+        self.latency_bound_ms = latency_bound_ms
         self.central_hvp = central_hvp
         self.weight_names = list(model.named_weight_parameters())
         self.weights = list(model.named_weight_parameters().values())
         self.alphas = model.arch_parameters()
         if {o.name for o in objectives} & {"params", "flops"} and cost_model is None:
             raise ValueError("the params/flops objectives need a cost model")
+        if "latency" in {o.name for o in objectives} and (latency_table is None or latency_bound_ms is None):
+            raise ValueError("the latency objective needs a latency table and a bound")
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _forward(self, theta: list[torch.Tensor] | None):
@@ -166,9 +172,13 @@ class BilevelStep:
         params_m = macs_m = None
         if self.cost_model is not None:
             params_m, macs_m = self.cost_model.expected_cost(*model.masked_alphas())
+        latency_ms = None
+        if self.latency_table is not None:
+            latency_ms = self.latency_table.expected_ms(*model.masked_alphas())
         ctx = ObjectiveContext(forward=forward, x_val=batch.x_val, y_val=batch.y_val, x_adv=x_adv,
                                x_ood=batch.x_ood_upper, params_m=params_m, macs_m=macs_m,
-                               params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m)
+                               params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m,
+                               latency_ms=latency_ms, latency_bound_ms=self.latency_bound_ms)
         losses, alpha_grads, theta_grads = [], [], []
         n_arch = sum(not o.uses_weights for o in self.objectives)
         for obj in self.objectives:
@@ -203,6 +213,7 @@ class BilevelStep:
             effective={n: float(v) for n, v in zip(names, eff, strict=True)},
             params_m=float(params_m.detach()) if params_m is not None else float("nan"),
             macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
+            latency_ms=float(latency_ms.detach()) if latency_ms is not None else None,
         )
         return g, combined, result
 

@@ -1,7 +1,7 @@
-"""The five upper-level objectives, one small object each, in a registry.
+"""The upper-level objectives, one small object each, in a registry: the paper's five and ``latency``.
 
 Data objectives (``val``, ``ood``, ``adv``) see the network through ``ctx.forward`` (the supernet at the
-unrolled weights); architecture objectives (``params``, ``flops``) see only the cost estimate of alpha.
+unrolled weights); architecture objectives (``params``, ``flops``, ``latency``) see only the cost estimate of alpha.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class ObjectiveContext:
     macs_m: torch.Tensor | None = None  # F(alpha), M MACs of the deploy network
     params_bound_m: float | None = None  # L
     macs_bound_m: float | None = None  # F
+    latency_ms: torch.Tensor | None = None  # Lat(alpha), ms of the deploy network from the latency table
+    latency_bound_ms: float | None = None  # T
 
 
 def ood_kl_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,18 @@ class FlopsLoss(Objective):
         return (ctx.macs_m - ctx.macs_bound_m).abs() / ctx.macs_bound_m
 
 
-OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (ValLoss, OodLoss, AdvLoss, ParamsLoss, FlopsLoss)}
+class LatencyLoss(Objective):
+    """|Lat(alpha) - T| / T: the softmax-expected latency from a table measured on the target (``e2rnas lut``)."""
+
+    name = "latency"
+    uses_weights = False
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return (ctx.latency_ms - ctx.latency_bound_ms).abs() / ctx.latency_bound_ms
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (ValLoss, OodLoss, AdvLoss, ParamsLoss, FlopsLoss, LatencyLoss)}
 
 
 def make_objectives(names: tuple[str, ...]) -> list[Objective]:

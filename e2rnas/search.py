@@ -20,7 +20,9 @@ from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomi
 from e2rnas.bilevel import BilevelStep, StepBatch, StepResult
 from e2rnas.cost import CostModel, DeployShape
 from e2rnas.data import ImageSet, batches, cycle, load_dataset, normalization_for, split_indices
+from e2rnas.derive import DERIVE_RULES, Derivation, check_feasible, deploy_costs, derive_budget, derive_darts
 from e2rnas.errors import E2RNASError
+from e2rnas.guards import normalized_entropy, search_warnings
 from e2rnas.mgda import Weighting
 from e2rnas.objectives import OBJECTIVES, make_objectives
 from e2rnas.search_model import SearchNetwork
@@ -78,12 +80,19 @@ class SearchConfig:
     pdarts_keep: tuple[int, ...] = (8, 5, 3)
     pdarts_skip_dropout: tuple[float, ...] = (0.0, 0.3, 0.6)
     pdarts_max_skips: int = 2
+    # Derivation of the handed-over genotype: "budget" (exact optimum under the bounds) or "darts" (top-2 rule).
+    derive: str = "budget"
+    params_floor: float = 0.8  # the budget rule keeps params in [params_floor x L, L]
+    latency_bound: float | None = None  # T, ms on the latency table's target (adds the latency objective)
+    lut: str | None = None  # latency table (``e2rnas lut``) of the deploy network on the target
 
     def __post_init__(self) -> None:
         if isinstance(self.objectives, str):
             object.__setattr__(self, "objectives", tuple(s.strip() for s in self.objectives.split(",") if s.strip()))
         else:
             object.__setattr__(self, "objectives", tuple(self.objectives))
+        if self.latency_bound is not None and "latency" not in self.objectives:
+            object.__setattr__(self, "objectives", (*self.objectives, "latency"))
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if unknown or not self.objectives:
             raise ValueError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
@@ -99,6 +108,15 @@ class SearchConfig:
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
         Weighting(self.weighting, self.normalization, self.mgda_max_iter)
+        if self.derive not in DERIVE_RULES:
+            raise ValueError(f"unknown derive rule {self.derive!r}; choose from {', '.join(DERIVE_RULES)}")
+        if not 0 <= self.params_floor <= 1:
+            raise ValueError(f"params_floor is a fraction of L in [0, 1], got {self.params_floor}")
+        if self.latency_bound is not None and (self.latency_bound <= 0 or not self.lut):
+            raise ValueError("latency_bound (T, ms) must be positive and needs a latency table: --lut lut.json "
+                             "(make one with `e2rnas lut --target TARGET`)")
+        if "latency" in self.objectives and self.latency_bound is None:
+            raise ValueError("the latency objective needs --latency-bound MS and --lut lut.json")
         for name in ("pdarts_layers", "pdarts_keep", "pdarts_skip_dropout"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.method == "p-darts":
@@ -147,6 +165,17 @@ def deploy_shape(cfg: SearchConfig, data: SearchData) -> DeployShape:
                        input_size=cfg.deploy_input_size or data.image_size)
 
 
+def load_latency_table(cfg: SearchConfig, shape: DeployShape):
+    """The run's latency table, checked against its deploy network (``None`` without ``--lut``)."""
+    if not cfg.lut:
+        return None
+    from e2rnas.latency_table import LatencyTable
+
+    table = LatencyTable.load(cfg.lut)
+    table.check_matches(shape=shape)
+    return table
+
+
 class SearchRun:
     """State of one search (model, optimisers, generators, counters); saves and restores itself."""
 
@@ -155,6 +184,12 @@ class SearchRun:
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
         self.cost_model = CostModel(deploy_shape(cfg, data))
+        self.latency_table = load_latency_table(cfg, self.cost_model.shape)
+        self.costs = deploy_costs(self.cost_model, params_bound_m=cfg.params_bound, params_floor=cfg.params_floor,
+                                  macs_bound_m=cfg.flops_bound, latency_table=self.latency_table,
+                                  latency_bound_ms=cfg.latency_bound)
+        if cfg.derive == "budget":
+            check_feasible(self.costs, self.cost_model.primitives, max_skips_normal=self.max_skips)
         self.stage_epochs = stage_epochs(cfg)
         self.build_stage(0)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order; state kept at epoch start
@@ -186,7 +221,8 @@ class SearchRun:
             weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter), cost_model=self.cost_model,
             w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
-            grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound)
+            grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound,
+            latency_table=self.latency_table, latency_bound_ms=cfg.latency_bound)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -198,8 +234,26 @@ class SearchRun:
         self.build_stage(self.stage + 1, masks)
         return True
 
+    @property
+    def max_skips(self) -> int | None:
+        return self.cfg.pdarts_max_skips if self.cfg.method == "p-darts" else None
+
+    def derivations(self) -> dict[str, Derivation]:
+        """Both rules' genotypes with their exact costs and strengths; ``cfg.derive`` names the handed-over one."""
+        strengths = {"normal": self.model.edge_strengths(False).detach(),
+                     "reduce": self.model.edge_strengths(True).detach()}
+        prims = self.model.primitives
+        out = {"darts": derive_darts(strengths, prims, self.costs, max_skips_normal=self.max_skips)}
+        if self.cfg.derive == "budget":
+            out["budget"] = derive_budget(strengths, prims, self.costs, max_skips_normal=self.max_skips)
+        return out
+
     def genotype(self):
-        return self.model.genotype(self.cfg.pdarts_max_skips if self.cfg.method == "p-darts" else None)
+        return self.derivations()[self.cfg.derive].genotype
+
+    def op_weights(self) -> dict[str, torch.Tensor]:
+        a_normal, a_reduce = self.model.masked_alphas()
+        return {"normal": torch.softmax(a_normal.detach(), -1), "reduce": torch.softmax(a_reduce.detach(), -1)}
 
     @property
     def checkpoint_path(self) -> Path:
@@ -301,10 +355,13 @@ def cycle_labeled(data: ImageSet, batch_size: int, generator: torch.Generator):
 def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
     g = run.genotype()
     exact = run.cost_model.genotype_cost(g)
-    return {"type": "step", "epoch": run.epoch, "step": step, "lower_loss": res.lower_loss, "objectives": res.losses,
-            "gammas": res.gammas, "effective_weights": res.effective, "expected_params_m": res.params_m,
-            "expected_macs_m": res.macs_m, "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
-            "lr": run.sched.get_last_lr()[0], "genotype": g.to_dict()}
+    rec = {"type": "step", "epoch": run.epoch, "step": step, "lower_loss": res.lower_loss, "objectives": res.losses,
+           "gammas": res.gammas, "effective_weights": res.effective, "expected_params_m": res.params_m,
+           "expected_macs_m": res.macs_m, "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
+           "lr": run.sched.get_last_lr()[0], "genotype": g.to_dict()}
+    if run.latency_table is not None:
+        rec |= {"expected_latency_ms": res.latency_ms, "table_latency_ms": float(run.latency_table.genotype_ms(g))}
+    return rec
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -350,7 +407,8 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
             epoch_rec = {"type": "epoch", "epoch": run.epoch, "val_accuracy": run.val_accuracy(),
                          "expected_params_m": float(n_est), "expected_macs_m": float(f_est),
                          "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
-                         "seconds": time.time() - t0, "genotype": genotype.to_dict()}
+                         "seconds": time.time() - t0, "genotype": genotype.to_dict(),
+                         "mean_normalized_entropy": normalized_entropy(torch.cat(list(run.op_weights().values())))}
             append_jsonl(metrics, epoch_rec)
             append_jsonl(alphas, {"epoch": run.epoch, **{n: p.detach().cpu().tolist() for n, p in
                                                           run.model.named_parameters()
@@ -367,22 +425,33 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
 
 
 def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
-    genotype = run.genotype()
+    cfg = run.cfg
+    derivations = run.derivations()
+    handed = derivations[cfg.derive]
+    genotype = handed.genotype
     genotype.save(out_dir / "genotype.json")
     exact = run.cost_model.genotype_cost(genotype)
     with torch.no_grad():
         n_est, f_est = run.cost_model.expected_cost(*run.model.masked_alphas())
-    cfg = run.cfg
+    warnings = search_warnings(genotype, weights=run.op_weights())
     summary = {
         "params_bound_m": cfg.params_bound, "flops_bound_m": cfg.flops_bound, "flops_unit": "MACs",
+        "params_floor": cfg.params_floor if cfg.derive == "budget" else None,
         "expected_params_m": float(n_est), "expected_macs_m": float(f_est),
         "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m, "exact_flops_m": exact.flops_m,
         "deploy_shape": dataclasses.asdict(run.cost_model.shape), "objectives": list(cfg.objectives),
         "weighting": cfg.weighting, "method": cfg.method, "first_order": cfg.first_order,
         "dataset": cfg.dataset, "ood_dataset": cfg.ood_dataset, "epochs": run.epoch,
         "val_accuracy": run.val_accuracy(), "genotype": genotype.to_dict(),
+        "derive": cfg.derive, "derivations": {k: d.as_dict() for k, d in derivations.items()},
+        "derivation_gap": derivations["darts"].strength - handed.strength,
+        "warnings": warnings,
     }
+    if run.latency_table is not None:
+        with torch.no_grad():
+            lat_est = float(run.latency_table.expected_ms(*run.model.masked_alphas()))
+        summary |= {"latency_bound_ms": cfg.latency_bound, "expected_latency_ms": lat_est,
+                    "table_latency_ms": float(run.latency_table.genotype_ms(genotype)),
+                    "lut": str(Path(cfg.lut).resolve()), "lut_key": run.latency_table.key}
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
-
-

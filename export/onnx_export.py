@@ -174,11 +174,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, batch_size: int = 16,
-                  per_channel: bool = True, method: str = "minmax") -> dict[str, Any]:
+                  per_channel: bool = True, method: str = "minmax", scheme: str = "auto",
+                  cpu: dict[str, Any] | None = None) -> dict[str, Any]:
     """ONNX Runtime static quantisation to QDQ int8, calibrated on real images, for CPU targets.
 
     The graph is pre-processed first (ORT's ``quant_pre_process``: BatchNorm folding, shape inference), as the
-    ORT quantisation guide recommends; activations and weights are signed int8 (S8S8, ORT's default QDQ mode).
+    ORT quantisation guide recommends. ``scheme`` names the integer types (``e2rnas.export.int8_schemes``):
+    S8S8 (ORT's default) saturates on x86 CPUs without VNNI, so ``"auto"`` picks from ``cpu`` (default: this
+    CPU's flags); the choice, the CPU facts and the reason are returned with the other settings.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -189,12 +192,16 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, batch_size: 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from e2rnas.export.int8_schemes import resolve_scheme
+
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}
     if method not in methods:
         raise E2RNASError(f"unknown calibration method {method!r}; choose from {', '.join(methods)}")
     if len(calibration) == 0:
         raise E2RNASError("int8 calibration needs at least one image")
+    chosen = resolve_scheme(scheme, cpu)
+    qtypes = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -216,12 +223,13 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, batch_size: 
             except Exception:  # symbolic shape inference can fail on some graphs; ONNX shape inference suffices
                 quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
             quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            activation_type=qtypes[chosen["activation_type"]],
+                            weight_type=qtypes[chosen["weight_type"]], reduce_range=chosen["reduce_range"],
                             calibrate_method=methods[method])
     finally:
         root.setLevel(level)
     return {"calibration_images": int(len(calibration)), "calibration_method": method,
-            "per_channel": per_channel, "quant_format": "QDQ", "activation_type": "int8", "weight_type": "int8",
+            "per_channel": per_channel, "quant_format": "QDQ", **chosen,
             "quantize_s": round(time.perf_counter() - t0, 3)}
 
 

@@ -91,15 +91,16 @@ def export_model(source: str | Path, *, out_dir: Path, onnx: bool = True, trt: b
                  max_batch: int = 64, simplify: bool = False, atol: float | None = None, workspace_mb: int = 1024,
                  dataset: str | None = None, data_dir: str | Path | None = None,
                  validation_data: ImageSet | None = None, validation_samples: int = 64, check_batch: int = 16,
-                 calib_data: str | None = None, calib_samples: int = 256, shape: Any | None = None,
-                 seed: int = 0) -> list[ExportResult]:
+                 calib_data: str | None = None, calib_samples: int = 256, int8_scheme: str = "auto",
+                 shape: Any | None = None, seed: int = 0) -> list[ExportResult]:
     """Export ``source`` and validate every artifact against torch; see ``docs/export.md`` for each keyword.
 
     ``onnx`` keeps the ONNX artifacts (``model.onnx``; with ``precision="int8"`` also ``model.int8.onnx``);
     ``trt`` builds a TensorRT engine at ``precision`` from the fp32 ONNX graph (kept only when ``onnx``).
     ``dynamic_batch=False`` fixes the batch to ``batch``; with a dynamic batch, ``batch`` is TensorRT's
     optimisation-profile batch and ``max_batch`` its largest. ``atol`` overrides the tolerance of every
-    artifact judged by max |diff|. Returns one ``ExportResult`` per artifact; a result with status "failed"
+    artifact judged by max |diff|. ``int8_scheme`` is the ONNX Runtime int8 scheme ("auto" picks it from this
+    CPU's flags; ``docs/int8-cpu.md``). Returns one ``ExportResult`` per artifact; a result with status "failed"
     left no file behind.
     """
     t_start = time.perf_counter()
@@ -108,6 +109,10 @@ def export_model(source: str | Path, *, out_dir: Path, onnx: bool = True, trt: b
     from e2rnas.export.onnx_export import check_opset
 
     check_opset(opset, exporter)
+    if "onnx-int8" in plan:
+        from e2rnas.export.int8_schemes import check_scheme
+
+        check_scheme(int8_scheme)
     env = None
     if trt:
         from e2rnas.export.tensorrt import require
@@ -142,6 +147,7 @@ def export_model(source: str | Path, *, out_dir: Path, onnx: bool = True, trt: b
         "max_batch": max_batch, "simplify": simplify, "atol": atol, "workspace_mb": workspace_mb,
         "validation": {"dataset": val.name, "samples": len(x_val), "check_batch": check_batch},
         "calibration": {"dataset": calib_data or spec_name, "samples": int(len(calib))} if calib is not None else None,
+        "int8_scheme": int8_scheme if "onnx-int8" in plan else None,
     }
     try:
         with tempfile.TemporaryDirectory(prefix="e2rnas-export-") as scratch:
@@ -153,7 +159,7 @@ def export_model(source: str | Path, *, out_dir: Path, onnx: bool = True, trt: b
                 results.append(fp32)
             if fp32.ok and "onnx-int8" in plan:
                 results.append(_onnx_int8(ctx, fp32_path, metadata, calib=calib,
-                                          calib_name=calib_data or spec_name))
+                                          calib_name=calib_data or spec_name, scheme=int8_scheme))
             if fp32.ok and env is not None:
                 results.append(_tensorrt(ctx, fp32_path, env=env, precision=precision, workspace_mb=workspace_mb,
                                          dynamic_batch=dynamic_batch, batch=batch, max_batch=max_batch,
@@ -268,21 +274,28 @@ def _onnx_fp32(ctx: _Context, path: Path, metadata: dict[str, Any], *, opset: in
 
 
 def _onnx_int8(ctx: _Context, fp32_path: Path, metadata: dict[str, Any], *, calib: np.ndarray,
-               calib_name: str) -> ExportResult:
+               calib_name: str, scheme: str) -> ExportResult:
     import onnx
 
+    from e2rnas.export.int8_schemes import other_schemes
     from e2rnas.export.onnx_export import quantize_int8, set_metadata
 
     def make(tmp: Path) -> dict[str, Any]:
-        info = quantize_int8(fp32_path, tmp, calibration=calib)
+        info = quantize_int8(fp32_path, tmp, calibration=calib, scheme=scheme)
         info["calibration_dataset"] = calib_name
         model = onnx.load(str(tmp))
-        set_metadata(model, {**metadata, "precision": "int8", "calibration": info})
+        set_metadata(model, {**metadata, "precision": "int8", "int8_scheme": info["scheme"], "calibration": info})
         onnx.save(model, str(tmp))
         return info
 
-    return _validated_write(ctx, ctx.out_dir / artifact_name("onnx", "int8", static_batch=ctx.static),
-                            export_config("onnx", "int8"), make, _ort)
+    result = _validated_write(ctx, ctx.out_dir / artifact_name("onnx", "int8", static_batch=ctx.static),
+                              export_config("onnx", "int8"), make, _ort)
+    used = result.details.get("scheme")
+    if not result.ok and used:  # say which scheme failed on this CPU and what else to try, in the same line
+        tries = " or ".join(f"--int8-scheme {s}" for s in other_schemes(used))
+        result.details["reason"] = f"int8 scheme {used} ({result.details['scheme_reason']}): " \
+                                   f"{result.details['reason']}; try {tries}"
+    return result
 
 
 def _tensorrt(ctx: _Context, onnx_path: Path, *, env: Any, precision: str, workspace_mb: int, dynamic_batch: bool,

@@ -59,10 +59,14 @@ def test_objectives_registry_contract():
 
     ctx = ObjectiveContext(forward=model, x_val=batch.x_val, y_val=batch.y_val, x_adv=batch.x_val,
                            x_ood=batch.x_ood_upper, params_m=torch.tensor(0.1), macs_m=torch.tensor(3.0),
-                           params_bound_m=0.05, macs_bound_m=2.0)
+                           params_bound_m=0.05, macs_bound_m=2.0, latency_ms=torch.tensor(0.3),
+                           latency_bound_ms=0.2)
     for name, cls in OBJECTIVES.items():
         value = cls()(ctx)
         assert value.ndim == 0 and torch.isfinite(value) and cls.name == name
+    from e2rnas.objectives import LatencyLoss
+
+    assert float(LatencyLoss()(ctx)) == pytest.approx(0.5)  # |0.3 - 0.2| / 0.2
     # KL(U || softmax) is zero exactly for uniform predictions and per-sample (not divided by K)
     assert float(ood_kl_uniform(torch.zeros(3, 10))) == pytest.approx(0.0, abs=1e-6)
     logits = torch.tensor([[10.0, 0.0, 0.0]])
@@ -150,8 +154,10 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 
 def test_bounds_steer_the_search(tmp_path):
-    """Same seed: a low params bound L ends in a genotype with fewer params than a high one."""
-    base = TINY | dict(epochs=3, max_steps_per_epoch=3, objectives=("val", "params", "flops"), a_lr=0.02)
+    """Same seed: a low params bound L ends in a genotype with fewer params than a high one (DARTS rule: the alphas
+    alone, not the budget-aware derivation, carry the bound)."""
+    base = TINY | dict(epochs=3, max_steps_per_epoch=3, objectives=("val", "params", "flops"), a_lr=0.02,
+                       derive="darts")
     shape = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
     fixed = CostModel(shape).fixed
     low = run_search(SearchConfig(**base | dict(params_bound=fixed.params_m, flops_bound=fixed.macs_m)),

@@ -1,0 +1,54 @@
+"""Warnings when a search has collapsed or not decided anything; each says what to change.
+
+- *No parametric op in the normal cell*: the network is its fixed part (stem, 1x1 pre-processing, classifier).
+- *Skip collapse*: >= 3 ``skip_connect`` in the normal cell (DARTS' known failure mode).
+- *Indecision*: softmax(alpha) still close to uniform. Measure: the mean over all edges of both cell types of the
+  normalised entropy H(p) / log(n) of the op weights (over the ops not pruned); > 0.95 means the derived genotype was
+  picked from noise-level differences (uniform is 1.0; one op at 0.5 and seven at 1/14 gives 0.80).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from e2rnas.genotypes import Genotype
+from e2rnas.ops import POOLING_OPS
+
+INDECISION_ENTROPY = 0.95
+MAX_NORMAL_SKIPS = 2
+PARAMETER_FREE = POOLING_OPS | {"skip_connect", "none"}
+
+
+def normalized_entropy(weights: torch.Tensor) -> float:
+    """Mean over rows of H(p) / log(#ops with p > 0); rows are softmax weights (edges x ops)."""
+    values = []
+    for row in weights.detach().double().cpu():
+        p = row[row > 0]
+        if len(p) < 2:
+            continue
+        p = p / p.sum()
+        values.append(float(-(p * p.log()).sum()) / math.log(len(p)))
+    return sum(values) / len(values) if values else 0.0
+
+
+def search_warnings(genotype: Genotype, *, weights: dict[str, torch.Tensor] | None = None) -> list[str]:
+    """The warnings for a handed-over genotype (and the alphas' softmax weights it came from, when known)."""
+    out = []
+    normal_ops = [op for op, _ in genotype.normal]
+    if all(op in PARAMETER_FREE for op in normal_ops):
+        out.append("collapse: the normal cell has no parametric op (only pooling and skips), so the network is its "
+                   "fixed part; raise L (--params-bound), derive under the budget (--derive budget, "
+                   "--params-floor 0.8) or search longer")
+    skips = normal_ops.count("skip_connect")
+    if skips > MAX_NORMAL_SKIPS:
+        out.append(f"collapse: the normal cell has {skips} skip_connect edges (DARTS' skip collapse); use "
+                   f"--derive budget with a params floor, or --method p-darts (at most 2 skips)")
+    if weights is not None:
+        h = normalized_entropy(torch.cat([weights["normal"], weights["reduce"]]))
+        if h > INDECISION_ENTROPY:
+            out.append(f"indecision: softmax(alpha) is still close to uniform (mean normalised entropy {h:.3f} > "
+                       f"{INDECISION_ENTROPY}), so the genotype was picked from noise; search more steps "
+                       f"(--epochs, --max-steps-per-epoch) or raise the architecture learning rate (--arch-lr)")
+    return out

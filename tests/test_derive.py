@@ -1,0 +1,172 @@
+"""The budget-aware derivation (exact integer program) against brute force, the DARTS rule and the bounds."""
+
+import itertools
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from e2rnas.cost import CostModel, DeployShape
+from e2rnas.derive import (
+    BudgetInfeasibleError,
+    check_feasible,
+    deploy_costs,
+    derive_budget,
+    derive_darts,
+    log_strengths,
+)
+from e2rnas.genotypes import GENOTYPES, Genotype
+from e2rnas.guards import normalized_entropy, search_warnings
+from e2rnas.ops import PRIMITIVES
+
+SHAPE = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
+NODE_EDGES = [[0, 1], [2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12, 13]]
+
+
+@pytest.fixture(scope="module")
+def cost_model():
+    return CostModel(SHAPE)
+
+
+def _random_strengths(seed: int, allowed: dict[str, list[str]] | None = None) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for kind in ("normal", "reduce"):
+        w = torch.softmax(torch.randn(14, len(PRIMITIVES), generator=g), -1)
+        if allowed is not None:
+            keep = torch.tensor([name in allowed[kind] for name in PRIMITIVES])
+            w = w * keep  # weight 0: the op is not a candidate (as a pruned op)
+        out[kind] = w
+    return out
+
+
+def _cell_options(logs: torch.Tensor, ops: list[str], params: torch.Tensor, macs: torch.Tensor):
+    """Every cell (two distinct inputs per node, one op each) with its summed log strength, params and MACs."""
+    idx = [PRIMITIVES.index(o) for o in ops]
+    per_node = []
+    for edges in NODE_EDGES:
+        node = []
+        for pair in itertools.combinations(range(len(edges)), 2):
+            for choice in itertools.product(idx, repeat=2):
+                es = [edges[j] for j in pair]
+                node.append((sum(float(logs[e, o]) for e, o in zip(es, choice, strict=True)),
+                             sum(float(params[e, o]) for e, o in zip(es, choice, strict=True)),
+                             sum(float(macs[e, o]) for e, o in zip(es, choice, strict=True)),
+                             tuple((PRIMITIVES[o], j) for j, o in zip(pair, choice, strict=True))))
+        per_node.append(node)
+    rows = []
+    for combo in itertools.product(*per_node):
+        rows.append((sum(c[0] for c in combo), sum(c[1] for c in combo), sum(c[2] for c in combo),
+                     tuple(e for c in combo for e in c[3])))
+    return rows
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_budget_rule_equals_brute_force_optimum_on_a_reduced_op_set(cost_model, seed):
+    allowed = {"normal": ["skip_connect", "sep_conv_3x3"], "reduce": ["dil_conv_3x3"]}
+    strengths = _random_strengths(seed, allowed)
+    logs = {k: log_strengths(v) for k, v in strengths.items()}
+    t = cost_model.tables
+    opts = {k: _cell_options(logs[k], allowed[k], t[k][..., 0] / 1e6, t[k][..., 1] / 1e6) for k in logs}
+    normal = np.array([r[:3] for r in opts["normal"]])
+    reduce = np.array([r[:3] for r in opts["reduce"]])
+    fixed = cost_model.fixed
+    total_p = fixed.params_m + normal[:, None, 1] + reduce[None, :, 1]
+    total_m = fixed.macs_m + normal[:, None, 2] + reduce[None, :, 2]
+    strength = normal[:, None, 0] + reduce[None, :, 0]
+    # bounds in the middle of the reachable range, so that both bind
+    L = float(np.quantile(total_p, 0.4))
+    F = float(np.quantile(total_m, 0.6))
+    ok = (total_p <= L) & (total_p >= 0.8 * L) & (total_m <= F)
+    assert ok.any() and not ok.all()
+    best = np.where(ok, strength, -np.inf)
+    i, j = np.unravel_index(np.argmax(best), best.shape)
+
+    d = derive_budget(strengths, PRIMITIVES, deploy_costs(cost_model, params_bound_m=L, params_floor=0.8,
+                                                          macs_bound_m=F))
+    assert d.strength == pytest.approx(float(best[i, j]), abs=1e-9)
+    exact = cost_model.genotype_cost(d.genotype)
+    tol = 1 + 1e-9  # the brute force's bounds are float quantiles of float sums: met to the last bit
+    assert 0.8 * L / tol <= exact.params_m <= L * tol and exact.macs_m <= F * tol
+    assert d.costs["params"] == pytest.approx(exact.params_m, abs=1e-9)
+    assert d.costs["macs"] == pytest.approx(exact.macs_m, abs=1e-9)
+    # the unconstrained optimum is stronger, and is what the DARTS rule returns
+    darts = derive_darts(strengths, PRIMITIVES, deploy_costs(cost_model))
+    assert darts.strength >= d.strength
+    assert darts.strength == pytest.approx(float(strength.max()), abs=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_budget_rule_meets_every_bound_for_random_alphas(cost_model, seed):
+    strengths = _random_strengths(seed)
+    for L, F in ((0.06, 3.0), (0.08, 4.0), (0.12, 6.0)):
+        d = derive_budget(strengths, PRIMITIVES, deploy_costs(cost_model, params_bound_m=L, params_floor=0.8,
+                                                              macs_bound_m=F))
+        exact = cost_model.genotype_cost(d.genotype)
+        assert 0.8 * L <= exact.params_m <= L, (L, exact.params_m)
+        assert exact.macs_m <= F
+
+
+def test_without_binding_bounds_the_budget_rule_is_the_darts_rule(cost_model):
+    for seed in range(3):
+        strengths = _random_strengths(seed)
+        d = derive_budget(strengths, PRIMITIVES, deploy_costs(cost_model, params_bound_m=10.0, params_floor=0.0,
+                                                              macs_bound_m=1e4))
+        assert d.genotype == derive_darts(strengths, PRIMITIVES, deploy_costs(cost_model)).genotype
+
+
+def test_skip_limit_is_honoured(cost_model):
+    strengths = _random_strengths(0)
+    strengths["normal"][:, PRIMITIVES.index("skip_connect")] = 0.9  # skips dominate every edge
+    d = derive_budget(strengths, PRIMITIVES, deploy_costs(cost_model), max_skips_normal=2)
+    assert sum(op == "skip_connect" for op, _ in d.genotype.normal) == 2
+
+
+def test_infeasible_bounds_name_the_reachable_range(cost_model):
+    fixed = cost_model.fixed
+    with pytest.raises(BudgetInfeasibleError, match="cheapest and dearest") as info:
+        check_feasible(deploy_costs(cost_model, params_bound_m=fixed.params_m * 0.9, params_floor=0.8,
+                                    macs_bound_m=100.0), PRIMITIVES)
+    message = str(info.value)
+    assert "\n" not in message and f"{fixed.params_m:.4g}" in message
+
+
+def test_search_with_infeasible_bounds_exits_2_before_searching(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", "search", "--params-bound", "0.01",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "cheapest and dearest" in proc.stderr and len(proc.stderr.strip().splitlines()) <= 3
+    assert not (out / "checkpoint.pt").exists()
+
+
+# -- guards ---------------------------------------------------------------------------------------------------------
+def _cell(ops: list[str]) -> tuple[tuple[str, int], ...]:
+    inputs = [0, 1, 0, 1, 0, 1, 0, 1]
+    return tuple(zip(ops, inputs, strict=True))
+
+
+def test_guards_fire_on_an_all_skip_cell_and_stay_silent_on_darts_v2():
+    concat = (2, 3, 4, 5)
+    collapsed = Genotype(_cell(["skip_connect"] * 8), concat, _cell(["max_pool_3x3"] * 8), concat)
+    warnings = search_warnings(collapsed)
+    assert any("no parametric op" in w for w in warnings)
+    assert any("8 skip_connect" in w for w in warnings)
+    assert search_warnings(GENOTYPES["DARTS_V2"]) == []
+    three_skips = Genotype(_cell(["skip_connect"] * 3 + ["sep_conv_3x3"] * 5), concat, collapsed.reduce, concat)
+    assert [w for w in search_warnings(three_skips) if "skip_connect" in w]
+    assert not [w for w in search_warnings(three_skips) if "no parametric op" in w]
+
+
+def test_indecision_guard_measures_normalised_entropy():
+    uniform = torch.full((14, 8), 1 / 8)
+    assert normalized_entropy(uniform) == pytest.approx(1.0)
+    peaked = torch.full((14, 8), 0.5 / 7)
+    peaked[:, 3] = 0.5
+    h = -(0.5 * np.log(0.5) + 7 * (0.5 / 7) * np.log(0.5 / 7)) / np.log(8)
+    assert normalized_entropy(peaked) == pytest.approx(h)
+    g = GENOTYPES["DARTS_V2"]
+    assert any("indecision" in w for w in search_warnings(g, weights={"normal": uniform, "reduce": uniform}))
+    assert not search_warnings(g, weights={"normal": peaked, "reduce": peaked})
