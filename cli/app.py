@@ -32,6 +32,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     # Add new commands here: (name, module in cli/, function).
     ("train", "train_cmd", "train"),
     ("eval", "eval_cmd", "eval_model"),
+    ("lut", "lut_cmd", "lut"),
 
 )
 

@@ -10,12 +10,36 @@ from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
 
 
-def _shape(layers: int | None, channels: int | None, image_size: int | None, classes: int | None, variant: str):
+def _shape(layers: int | None, channels: int | None, image_size: int | None, classes: int | None, variant: str,
+           recorded=None):
+    """Flags over the recorded deploy shape (of a run or model), over the DARTS evaluation network's."""
     from e2rnas.cost import DeployShape
 
-    d = DeployShape()
+    d = recorded or DeployShape()
     return DeployShape(layers=layers or d.layers, C=channels or d.C, num_classes=classes or d.num_classes,
-                       input_size=image_size or d.input_size, variant=variant)
+                       input_size=image_size or d.input_size, variant=variant if variant != "cifar" else d.variant)
+
+
+def recorded_shape(ref: str):
+    """The deploy shape a search run recorded, or a model file's network; None for names and genotype files."""
+    import json
+    from pathlib import Path
+
+    from e2rnas.cost import DeployShape
+
+    path = Path(ref)
+    if path.is_file() and path.suffix == ".pt":
+        from e2rnas.model_io import read_model_file
+
+        net = read_model_file(path)["network"]
+        return DeployShape(layers=net["layers"], C=net["C"], num_classes=net["num_classes"],
+                           input_size=net["input_size"], variant=net.get("variant", "cifar"))
+    for summary in (path / "summary.json", path / "search" / "summary.json"):
+        if path.is_dir() and summary.is_file():
+            shape = json.loads(summary.read_text()).get("deploy_shape")
+            if isinstance(shape, dict):
+                return DeployShape(**shape)
+    return None
 
 
 Variant = Annotated[str, typer.Option("--variant", help="Network stem: cifar or imagenet.")]
@@ -48,12 +72,13 @@ def cost(
     layers: opt.Layers = None, channels: opt.Channels = None, image_size: opt.ImageSize = None,
     classes: opt.Classes = None, variant: Variant = "cifar", json: opt.Json = False,
 ) -> None:
-    """Exact deploy cost of one genotype, split into the fixed part and the cells."""
+    """Exact deploy cost of one genotype, split into the fixed part and the cells (a run or model.pt: at its
+    recorded deploy shape unless flags say otherwise)."""
     from e2rnas.cost import CostModel
     from e2rnas.genotypes import resolve_genotype
 
     g = resolve_genotype(genotype)
-    shape = _shape(layers, channels, image_size, classes, variant)
+    shape = _shape(layers, channels, image_size, classes, variant, recorded=recorded_shape(genotype))
     model = CostModel(shape)
     total, fixed = model.genotype_cost(g), model.fixed
     result = {"genotype": g.to_dict(), "deploy_shape": vars(shape), "total": total.as_dict(),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 from e2rnas.cli import _options as opt
 from e2rnas.cli._config import build_config
 from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.errors import E2RNASError
 
 
 class SearchProgress:
@@ -90,10 +92,15 @@ def search(
                                                "alphas under L, F, T; default) or darts (top-2 rule).")] = None,
     params_floor: Annotated[float | None, typer.Option("--params-floor", help="Budget rule: params >= this "
                                                        "fraction of L (default 0.8).")] = None,
-    latency_bound: Annotated[float | None, typer.Option("--latency-bound", help="T: latency of the deployed "
-                                                        "network on the table's target, in ms (needs --lut).")] = None,
+    latency_bound: Annotated[str | None, typer.Option("--latency-bound", help="T: latency of the deployed network "
+                                                      "on the table's target, in ms, or NN% of the way from the "
+                                                      "table's fastest to its slowest genotype (needs --lut).")] = None,
     lut: Annotated[Path | None, typer.Option("--lut", help="Latency table from `e2rnas lut` for the deploy "
                                              "network.")] = None,
+    warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="First epochs train the weights "
+                                                      "only (alphas frozen).")] = None,
+    max_normal_skips: Annotated[int | None, typer.Option("--max-normal-skips", help="At most this many "
+                                                         "skip_connect in the derived normal cell.")] = None,
     arch_lr: Annotated[float | None, typer.Option("--arch-lr", help="Architecture (alpha) learning rate.")] = None,
     weighting: Weighting = None,
     normalization: Annotated[str | None, typer.Option("--grad-norm", help="MGDA gradient normalisation: none, l2, "
@@ -118,6 +125,16 @@ def search(
     """Search a cell with E2RNAS: five objectives (val, OoD, adversarial, params, MACs) combined by MGDA."""
     from e2rnas.search import SearchConfig, run_search
 
+    notes = []
+    no_ood = ood_dataset is not None and ood_dataset.lower() == "none"
+    if no_ood:
+        ood_dataset = None
+        if objectives is None:
+            objectives = "val,adv,params,flops"
+            notes.append("no OoD set (--ood-dataset none): objectives val,adv,params,flops")
+        if ll_ood is None:
+            ll_ood = False
+            notes.append("no OoD set: the lower level trains without the OoD loss")
     cfg = build_config(SearchConfig, preset=preset, section="search", config_file=config, overrides=dict(
         dataset=dataset, ood_dataset=ood_dataset, data_dir=str(data_dir) if data_dir else None, download=download,
         image_size=image_size, method=method, params_bound=params_bound, flops_bound=flops_bound,
@@ -125,9 +142,17 @@ def search(
         weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
         max_steps_per_epoch=max_steps, seed=seed, device=device, derive=derive, params_floor=params_floor,
-        latency_bound=latency_bound, lut=str(lut) if lut else None, a_lr=arch_lr))
+        **_latency_bound(latency_bound), lut=str(lut) if lut else None, a_lr=arch_lr,
+        max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs))
     out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    if no_ood:
+        try:
+            cfg = dataclasses.replace(cfg, ood_dataset=None)
+        except ValueError as exc:
+            raise E2RNASError(f"bad search settings: {exc}") from exc
     if not json:
+        for n in notes:
+            console.print(f"note: {n}", highlight=False)
         console.print(f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
                       f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs")
         console.print(f"run directory: {out_dir}")
@@ -138,6 +163,19 @@ def search(
         return
     print_search_summary(summary)
     console.print(f"genotype: {out_dir / 'genotype.json'}  (supernet val accuracy {summary['val_accuracy']:.3f})")
+
+
+def _latency_bound(text: str | None) -> dict[str, float | None]:
+    """``--latency-bound 0.4`` (ms) or ``--latency-bound 50%`` (of the table's range) as config fields."""
+    if text is None:
+        return {}
+    try:
+        if text.strip().endswith("%"):
+            return {"latency_bound_fraction": float(text.strip()[:-1]) / 100}
+        return {"latency_bound": float(text)}
+    except ValueError:
+        raise E2RNASError(f"--latency-bound {text!r}: give milliseconds (0.4) or a percentage of the table's "
+                          f"range (50%)") from None
 
 
 def print_search_summary(summary: dict[str, Any]) -> None:

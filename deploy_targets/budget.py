@@ -240,6 +240,7 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
         diff = {k: (ds.get(k), v) for k, v in mine.items() if ds.get(k) is not None and ds.get(k) != v}
         if diff:
             notes.append(f"the search costed another deploy shape than this model: {diff} (search, model)")
+    notes += [f"search: {w}" for w in s.get("warnings") or []]
     if budget.max_params_m is not None:
         lines.append(CheckLine("max_params_m", "params (M)", budget.max_params_m, count_params(loaded.model) / 1e6,
                                "counted on model.pt", s.get("params_bound_m"), s.get("expected_params_m"),
@@ -299,9 +300,10 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
                           cpu=cpu_features() if target.device == "cpu" and not target.remote else None)
     if budget.max_latency_ms is not None:
         value = (latency or {}).get(f"p{budget.latency_percentile}_ms")
+        bound, estimate, predicted = _table_latency(s, target=target.name, batch=budget.latency_batch, notes=notes)
         lines.append(CheckLine("max_latency_ms", f"latency p{budget.latency_percentile} ms, batch "
                                f"{budget.latency_batch}", budget.max_latency_ms, value,
-                               f"{artifact_format(artifact)} on {target.name}"))
+                               f"{artifact_format(artifact)} on {target.name}", bound, estimate, predicted))
     for key, name, what in (("min_accuracy", "accuracy", "accuracy"), ("min_pgd_accuracy", "pgd_accuracy",
                                                                       "PGD accuracy"),
                             ("min_aupr", "aupr_out", "OoD AUPR")):
@@ -314,6 +316,20 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
             "search_from": run.search_from, "eval_source": eval_source, "latency": latency, "data": data.info,
             "lines": [ln.as_dict() for ln in lines], "passed": all(ln.passed for ln in lines), "notes": notes,
             "environment": environment(threads=threads)}
+
+
+def _table_latency(search: dict[str, Any], *, target: str, batch: int,
+                   notes: list[str]) -> tuple[float | None, float | None, float | None]:
+    """(T, softmax estimate, table prediction for the genotype) when the search used a latency table of this
+    target and batch; otherwise Nones and a note saying why the prediction does not apply."""
+    key = search.get("lut_key")
+    if not key:
+        return None, None, None
+    if key.get("target") != target or int(key.get("batch", batch)) != batch:
+        notes.append(f"the search's latency table was measured on {key.get('target')} at batch {key.get('batch')}; "
+                     f"this check measures {target} at batch {batch}, so the table's prediction is not shown")
+        return None, None, None
+    return search.get("latency_bound_ms"), search.get("expected_latency_ms"), search.get("table_latency_ms")
 
 
 def _int8_rows(artifact: Path | None, run: RunFiles, *, target: Any, latency: dict[str, Any] | None, batch: int,

@@ -217,13 +217,30 @@ class BilevelStep:
         )
         return g, combined, result
 
-    def step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None) -> StepResult:
-        """Compute both gradients at (theta_t, alpha_t), then apply the SGD weight step and the Adam alpha step."""
-        g, combined, result = self.gradients(batch, lr=lr, generator=generator)
+    def _apply_weight_step(self, g: list[torch.Tensor]) -> None:
         for p, gp in zip(self.weights, g, strict=True):
             p.grad = gp
         torch.nn.utils.clip_grad_norm_(self.weights, self.grad_clip)
         self.w_optimizer.step()
+
+    def weight_step(self, batch: StepBatch, *, generator: torch.Generator | None = None) -> StepResult:
+        """Warm-up: the lower-level weight step alone (eq. 8), alphas frozen; one lower-level pass."""
+        self.model.train()
+        x_train_adv = None
+        if self.ll_adv:
+            x_train_adv = fgsm(self.model, batch.x_train, batch.y_train, eps=self.eps,
+                               step_size=self.fgsm_step * self.eps, generator=generator)
+        lower, g = self._lower_grads(self.model, batch, x_train_adv, self.weights)
+        _check_finite({"lower": lower})
+        self._apply_weight_step(g)
+        self.w_optimizer.zero_grad(set_to_none=True)
+        return StepResult(lower_loss=float(lower), losses={}, gammas={}, effective={}, params_m=float("nan"),
+                          macs_m=float("nan"))
+
+    def step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None) -> StepResult:
+        """Compute both gradients at (theta_t, alpha_t), then apply the SGD weight step and the Adam alpha step."""
+        g, combined, result = self.gradients(batch, lr=lr, generator=generator)
+        self._apply_weight_step(g)
         offset = 0
         for a in self.alphas:
             a.grad = combined[offset:offset + a.numel()].view_as(a).to(a.dtype)

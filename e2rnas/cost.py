@@ -186,15 +186,28 @@ class CostModel:
     def expected_cost(self, alpha_normal: torch.Tensor,
                       alpha_reduce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable (params_M, MACs_M) estimate under softmax weights (eqs. 5, 6, with kept-edge weights)."""
-        keep = _edge_keep_weights().to(alpha_normal)
-        allowed = [k for k, name in enumerate(self.primitives) if name != "none"]
-        total = torch.tensor([self.fixed.params, self.fixed.macs], dtype=alpha_normal.dtype,
-                             device=alpha_normal.device)
-        for alpha, kind in ((alpha_normal, "normal"), (alpha_reduce, "reduce")):
-            table = self.tables[kind][:, allowed].to(alpha)
-            p = torch.softmax(alpha[:, allowed], dim=-1)
-            total = total + (keep[:, None, None] * p[..., None] * table).sum(dim=(0, 1))
+        fixed = torch.tensor([self.fixed.params, self.fixed.macs], dtype=torch.float64)
+        total = expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives)
         return total[0] / 1e6, total[1] / 1e6
+
+
+def expected_from_tables(tables: dict[str, torch.Tensor], fixed: torch.Tensor, alpha_normal: torch.Tensor,
+                         alpha_reduce: torch.Tensor, primitives: tuple[str, ...]) -> torch.Tensor:
+    """fixed + sum over edges and non-``none`` ops of keep weight x softmax weight x table entry, per cell type.
+
+    ``tables[kind]`` is ``[14, n_ops, *rest]`` (params/MACs: rest = (2,); latency: rest = ()); the result has shape
+    ``rest``, in alpha's dtype and device. Shared by every additive cost (``CostModel``, ``LatencyTable``) so that
+    the search estimates each of them the same way.
+    """
+    keep = _edge_keep_weights().to(alpha_normal)
+    allowed = [k for k, name in enumerate(primitives) if name != "none"]
+    total = fixed.to(alpha_normal)
+    for alpha, kind in ((alpha_normal, "normal"), (alpha_reduce, "reduce")):
+        table = tables[kind][:, allowed].to(alpha)
+        extra = (1,) * (table.dim() - 2)
+        p = torch.softmax(alpha[:, allowed], dim=-1).reshape(*alpha[:, allowed].shape, *extra)
+        total = total + (keep.reshape(-1, 1, *extra) * p * table).sum(dim=(0, 1))
+    return total
 
 
 def _no_rng():

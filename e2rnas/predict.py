@@ -87,6 +87,10 @@ def load_predictor(path: str | Path, *, device: str = "cpu") -> Predictor:
     factory = PREDICTORS.get(path.suffix)
     if factory is None:
         raise E2RNASError(f"{path}: unknown artifact type {path.suffix!r}; expected one of {', '.join(PREDICTORS)}")
+    if path.suffix == ".onnx":  # a foreign file must give one line, not ONNX Runtime's protobuf traceback
+        from e2rnas.deploy_targets.bench import onnx_metadata
+
+        onnx_metadata(path)
     return factory(path, device)
 
 

@@ -152,6 +152,36 @@ def check_table(check: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return header, rows
 
 
+def search_table(summary: dict[str, Any], check: dict[str, Any] | None) -> tuple[list[str], list[list[Any]]]:
+    """L, F (and T) against the softmax estimate, each derivation rule's exact cost and what was measured."""
+    lat = "latency_bound_ms" in summary
+    header = ["", "params (M)", "MACs (M)"] + (["latency (ms)"] if lat else [])
+    rows = [["bound (L, F" + (", T)" if lat else ")"), _num(summary["params_bound_m"]),
+             _num(summary["flops_bound_m"])] + ([_num(summary["latency_bound_ms"])] if lat else []),
+            ["softmax estimate at the final alphas", _num(summary["expected_params_m"]),
+             _num(summary["expected_macs_m"])] + ([_num(summary.get("expected_latency_ms"))] if lat else [])]
+    handed = summary.get("derive", "darts")
+    for rule, d in (summary.get("derivations") or {}).items():
+        name = f"exact, {rule} rule" + (" (handed on)" if rule == handed else "")
+        rows.append([name, _num(d.get("params")), _num(d.get("macs"))] + ([_num(d.get("latency"))] if lat else []))
+    if not summary.get("derivations"):
+        rows.append(["exact cost of the genotype (deploy network)", _num(summary["exact_params_m"]),
+                     _num(summary["exact_macs_m"])] + (["-"] if lat else []))
+    measured = {ln.get("key"): ln.get("measured") for ln in (check or {}).get("lines", [])}
+    if check:
+        rows.append([f"measured on {check.get('target', {}).get('name', '?')}", _num(measured.get("max_params_m")),
+                     _num(measured.get("max_macs_m"))] + ([_num(measured.get("max_latency_ms"))] if lat else []))
+    return header, rows
+
+
+def report_warnings(summary: dict[str, Any] | None, check: dict[str, Any] | None) -> list[str]:
+    """The search's collapse/indecision warnings and the budget check's notes."""
+    out = [f"search: {w}" for w in (summary or {}).get("warnings", [])]
+    out += [f"check: {n}" for n in (check or {}).get("notes", []) if n]
+    out += [f"check: {w}" for w in (check or {}).get("warnings", []) if w]
+    return out
+
+
 def main_table(evaluation: dict[str, Any] | None, bench: dict[str, Any] | None) -> tuple[list[str], list[list[Any]]]:
     """Paper-style rows: the torch model from eval.json, then every benchmarked artifact."""
     header = ["model / artifact", "target", "test acc %", "params (M)", "MACs (M)", "PGD acc %", "OoD AUPR %",
@@ -214,15 +244,15 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
                f"{evaluation.get('samples', {})}. Params exclude the auxiliary head; MACs counted with "
                f"FlopCounterMode (FLOPs = 2 x MACs). Accuracy of exported artifacts is re-measured on the artifact; "
                f"their PGD examples are transferred from the torch model.", ""]
+    warnings = report_warnings(summary, check)
+    if warnings:
+        md += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
     if summary:
-        md += ["## Search", "", _md_table(["", "params (M)", "MACs (M)"], [
-            ["bound (L, F)", _num(summary["params_bound_m"]), _num(summary["flops_bound_m"])],
-            ["softmax estimate at the final alphas", _num(summary["expected_params_m"]),
-             _num(summary["expected_macs_m"])],
-            ["exact cost of the genotype (deploy network)", _num(summary["exact_params_m"]),
-             _num(summary["exact_macs_m"])]]),
-            "", f"Deploy network: {summary.get('deploy_shape')}; objectives {summary.get('objectives')}, "
-                f"weighting {summary.get('weighting')}, method {summary.get('method')}.", ""]
+        md += ["## Search", "", _md_table(*search_table(summary, check)), "",
+               f"Deploy network: {summary.get('deploy_shape')}; objectives {summary.get('objectives')}, "
+               f"weighting {summary.get('weighting')}, method {summary.get('method')}; genotype rule handed on: "
+               f"**{summary.get('derive', 'darts')}** (derivation gap {_num(summary.get('derivation_gap'))} in "
+               f"summed log strength; docs/derivation.md).", ""]
     for title, rel in plots:
         md += [f"### {title}", "", f"![{title}]({rel})", ""]
     if pipeline:

@@ -8,6 +8,7 @@ history per epoch), ``genotype.json``, ``summary.json`` (bounds, estimates, exac
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text
+from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
 from e2rnas.bilevel import BilevelStep, StepBatch, StepResult
 from e2rnas.cost import CostModel, DeployShape
 from e2rnas.data import ImageSet, batches, cycle, load_dataset, normalization_for, split_indices
@@ -81,9 +82,14 @@ class SearchConfig:
     pdarts_skip_dropout: tuple[float, ...] = (0.0, 0.3, 0.6)
     pdarts_max_skips: int = 2
     # Derivation of the handed-over genotype: "budget" (exact optimum under the bounds) or "darts" (top-2 rule).
+    warmup_epochs: int = 0  # first epochs train the weights only (alphas frozen): cheap, and alphas then see a
+    # trained supernet instead of ranking untrained ops
     derive: str = "budget"
     params_floor: float = 0.8  # the budget rule keeps params in [params_floor x L, L]
+    max_normal_skips: int | None = None  # at most this many skip_connect in the derived normal cell (P-DARTS' rule)
     latency_bound: float | None = None  # T, ms on the latency table's target (adds the latency objective)
+    # or T placed this fraction of the way from the table's fastest to its slowest genotype (portable across machines)
+    latency_bound_fraction: float | None = None
     lut: str | None = None  # latency table (``e2rnas lut``) of the deploy network on the target
 
     def __post_init__(self) -> None:
@@ -91,7 +97,8 @@ class SearchConfig:
             object.__setattr__(self, "objectives", tuple(s.strip() for s in self.objectives.split(",") if s.strip()))
         else:
             object.__setattr__(self, "objectives", tuple(self.objectives))
-        if self.latency_bound is not None and "latency" not in self.objectives:
+        bounded = self.latency_bound is not None or self.latency_bound_fraction is not None
+        if bounded and "latency" not in self.objectives:
             object.__setattr__(self, "objectives", (*self.objectives, "latency"))
         unknown = [o for o in self.objectives if o not in OBJECTIVES]
         if unknown or not self.objectives:
@@ -108,14 +115,28 @@ class SearchConfig:
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
         Weighting(self.weighting, self.normalization, self.mgda_max_iter)
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be >= 1 (or unset for whole epochs), got "
+                             f"{self.max_steps_per_epoch}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs} epochs "
+                             f"(set --warmup-epochs)")
         if self.derive not in DERIVE_RULES:
             raise ValueError(f"unknown derive rule {self.derive!r}; choose from {', '.join(DERIVE_RULES)}")
+        if self.max_normal_skips is not None and not 0 <= self.max_normal_skips <= 8:
+            raise ValueError(f"max_normal_skips must be in 0..8, got {self.max_normal_skips}")
         if not 0 <= self.params_floor <= 1:
             raise ValueError(f"params_floor is a fraction of L in [0, 1], got {self.params_floor}")
-        if self.latency_bound is not None and (self.latency_bound <= 0 or not self.lut):
-            raise ValueError("latency_bound (T, ms) must be positive and needs a latency table: --lut lut.json "
-                             "(make one with `e2rnas lut --target TARGET`)")
-        if "latency" in self.objectives and self.latency_bound is None:
+        if self.latency_bound is not None and self.latency_bound_fraction is not None:
+            raise ValueError("give the latency bound in ms or as a fraction of the table's range, not both")
+        if self.latency_bound is not None and self.latency_bound <= 0:
+            raise ValueError(f"latency_bound (T, ms) must be positive, got {self.latency_bound}")
+        if self.latency_bound_fraction is not None and not 0 <= self.latency_bound_fraction <= 1:
+            raise ValueError(f"latency_bound_fraction must be in [0, 1], got {self.latency_bound_fraction}")
+        if bounded and not self.lut:
+            raise ValueError("a latency bound needs a latency table: --lut lut.json (make one with "
+                             "`e2rnas lut --target TARGET`)")
+        if "latency" in self.objectives and not bounded:
             raise ValueError("the latency objective needs --latency-bound MS and --lut lut.json")
         for name in ("pdarts_layers", "pdarts_keep", "pdarts_skip_dropout"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -176,6 +197,17 @@ def load_latency_table(cfg: SearchConfig, shape: DeployShape):
     return table
 
 
+def resolve_latency_bound(cfg: SearchConfig, cost_model: CostModel, table) -> float | None:
+    """T in ms: as given, or at ``latency_bound_fraction`` of the table's fastest-to-slowest genotype range."""
+    if cfg.latency_bound_fraction is None:
+        return cfg.latency_bound
+    from e2rnas.derive import cost_range
+
+    latency = deploy_costs(cost_model, latency_table=table)[-1]
+    lo, hi = cost_range([latency], cost_model.primitives)["latency"]
+    return lo + cfg.latency_bound_fraction * (hi - lo)
+
+
 class SearchRun:
     """State of one search (model, optimisers, generators, counters); saves and restores itself."""
 
@@ -185,9 +217,10 @@ class SearchRun:
         self.device = torch.device(cfg.device)
         self.cost_model = CostModel(deploy_shape(cfg, data))
         self.latency_table = load_latency_table(cfg, self.cost_model.shape)
+        self.latency_bound_ms = resolve_latency_bound(cfg, self.cost_model, self.latency_table)
         self.costs = deploy_costs(self.cost_model, params_bound_m=cfg.params_bound, params_floor=cfg.params_floor,
                                   macs_bound_m=cfg.flops_bound, latency_table=self.latency_table,
-                                  latency_bound_ms=cfg.latency_bound)
+                                  latency_bound_ms=self.latency_bound_ms)
         if cfg.derive == "budget":
             check_feasible(self.costs, self.cost_model.primitives, max_skips_normal=self.max_skips)
         self.stage_epochs = stage_epochs(cfg)
@@ -222,7 +255,7 @@ class SearchRun:
             w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
             grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound,
-            latency_table=self.latency_table, latency_bound_ms=cfg.latency_bound)
+            latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -236,7 +269,7 @@ class SearchRun:
 
     @property
     def max_skips(self) -> int | None:
-        return self.cfg.pdarts_max_skips if self.cfg.method == "p-darts" else None
+        return self.cfg.pdarts_max_skips if self.cfg.method == "p-darts" else self.cfg.max_normal_skips
 
     def derivations(self) -> dict[str, Derivation]:
         """Both rules' genotypes with their exact costs and strengths; ``cfg.derive`` names the handed-over one."""
@@ -367,12 +400,41 @@ def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+_RUN_FILES = {"config.yaml", "metrics.jsonl", "alphas.jsonl", "checkpoint.pt", "genotype.json", "summary.json"}
+
+
+def _check_out_dir(out_dir: Path, *, resume: bool) -> None:
+    """Never write a search beside a user's own files: an existing --out must be empty or a search run."""
+    if resume or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise E2RNASError(f"--out {out_dir} is a file; choose a new directory for the search run")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _RUN_FILES and not p.name.startswith("."))
+    if foreign:
+        raise E2RNASError(f"--out {out_dir} holds files that are not a search run's ({', '.join(foreign[:3])}); "
+                          f"choose a new or empty directory")
+
+
+def _drop_records_after_checkpoint(metrics: Path, alphas: Path, *, epoch: int, step: int) -> None:
+    """A run killed after its last checkpoint logged steps that the resume runs again: keep each record once."""
+    def kept(rec: dict[str, Any]) -> bool:
+        if rec.get("type") == "step":
+            return rec["epoch"] < epoch or (rec["epoch"] == epoch and rec["step"] <= step)
+        return rec["epoch"] <= epoch  # epoch records and alpha snapshots carry the number of completed epochs
+
+    for path in (metrics, alphas):
+        records = read_jsonl(path)
+        if any(not kept(r) for r in records):
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records if kept(r)))
+
+
 def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                on_step: ProgressFn | None = None, on_epoch: ProgressFn | None = None) -> dict[str, Any]:
     """Search; returns the summary (also written as ``summary.json``). ``on_step``/``on_epoch`` get the records."""
     import yaml
 
     out_dir = Path(out_dir)
+    _check_out_dir(out_dir, resume=resume)
     data = load_search_data(config)
     run = SearchRun(config, data, out_dir)
     if resume:
@@ -385,12 +447,17 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
     if not resume:
         metrics.unlink(missing_ok=True)
         alphas.unlink(missing_ok=True)
+    else:
+        _drop_records_after_checkpoint(metrics, alphas, epoch=run.epoch, step=run.step_in_epoch)
     try:
         while run.epoch < config.epochs:
             t0 = time.time()
             lr = run.sched.get_last_lr()[0]
             for batch in run.epoch_batches():
-                res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
+                if run.epoch < config.warmup_epochs:
+                    res = run.step_fn.weight_step(batch, generator=run.attack_gen)
+                else:
+                    res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
                 run.step_in_epoch += 1
                 rec = _step_record(run, res, run.step_in_epoch)
                 append_jsonl(metrics, rec)
@@ -450,7 +517,8 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
     if run.latency_table is not None:
         with torch.no_grad():
             lat_est = float(run.latency_table.expected_ms(*run.model.masked_alphas()))
-        summary |= {"latency_bound_ms": cfg.latency_bound, "expected_latency_ms": lat_est,
+        summary |= {"latency_bound_ms": run.latency_bound_ms, "latency_bound_fraction": cfg.latency_bound_fraction,
+                    "expected_latency_ms": lat_est,
                     "table_latency_ms": float(run.latency_table.genotype_ms(genotype)),
                     "lut": str(Path(cfg.lut).resolve()), "lut_key": run.latency_table.key}
     atomic_write_json(out_dir / "summary.json", summary)

@@ -8,7 +8,8 @@ import torch
 
 def pytest_report_header(config):
     """Which CPU kernels this run exercises (CI runs a second pass with AVX2 forced: docs/onednn-avx2-crash.md)."""
-    forced = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MALLOC_CHECK_") if k in os.environ}
+    keys = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MALLOC_CHECK_")
+    forced = {k: os.environ[k] for k in keys if k in os.environ}
     return f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}" + (
         f", forced {forced}" if forced else "")
 

@@ -13,7 +13,8 @@ from e2rnas.pipeline import PipelineConfig, flags, plan
 from e2rnas.search import SearchConfig, run_search
 
 REDUCED = {
-    "search": {"epochs": 1, "max_steps_per_epoch": 2, "layers": 3, "channels": 4, "batch_size": 16},
+    "search": {"epochs": 1, "warmup_epochs": 0, "max_steps_per_epoch": 2, "layers": 3, "channels": 4,
+               "batch_size": 16},
     "train": {"epochs": 1, "max_train_batches": 2, "layers": 3, "channels": 8},
     "eval": {"max_samples": 32},
     "export": {"exporter": "torchscript"},
@@ -40,7 +41,7 @@ def test_run_produces_every_artifact_skips_and_resumes(tmp_path):
 
     # An interrupted search: a checkpoint but no summary; the pipeline must resume it.
     search_cfg = build_config(SearchConfig, preset="embedded-default", section="search", overrides={
-        "epochs": 1, "max_steps_per_epoch": 2, "layers": 3, "C": 4, "batch_size": 16})
+        "epochs": 1, "warmup_epochs": 0, "max_steps_per_epoch": 2, "layers": 3, "C": 4, "batch_size": 16})
 
     def stop(rec):
         raise KeyboardInterrupt

@@ -241,3 +241,29 @@ def test_search_step_runs_at_one_and_two_threads(partial_channels, threads):
         assert all(not torch.equal(a, b) for a, b in zip(before, model.arch_parameters(), strict=True))
     finally:
         torch.set_num_threads(previous)
+
+
+def test_resume_after_a_kill_logs_each_step_once(tmp_path):
+    """A kill after the epoch checkpoint leaves logged steps that the resume runs again: they appear once."""
+    import shutil
+
+    cfg = SearchConfig(**TINY)
+    saved = tmp_path / "epoch1.pt"
+    calls = {"n": 0}
+
+    def keep_epoch_checkpoint(rec):
+        shutil.copy(tmp_path / "run" / "checkpoint.pt", saved)
+
+    def interrupt(rec):
+        calls["n"] += 1
+        if calls["n"] == 3:  # epoch 2, step 1 is logged, then the process "dies"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search(cfg, out_dir=tmp_path / "run", on_step=interrupt, on_epoch=keep_epoch_checkpoint)
+    shutil.copy(saved, tmp_path / "run" / "checkpoint.pt")  # what a kill leaves: the epoch-end checkpoint
+    run_search(cfg, out_dir=tmp_path / "run", resume=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [(r["epoch"], r["step"]) for r in records if r["type"] == "step"]
+    assert steps == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]

@@ -1,0 +1,58 @@
+"""Bad inputs get one line and a non-zero exit, and nothing is written beside the user's files."""
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from e2rnas.cli.app import app
+from e2rnas.cost import CostModel, DeployShape
+from e2rnas.genotypes import GENOTYPES
+
+
+def _e2rnas(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "e2rnas.cli.app", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_search_refuses_an_out_dir_of_foreign_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    proc = _e2rnas("search", "--out", str(tmp_path), "--epochs", "1", "--warmup-epochs", "0")
+    assert proc.returncode == 2 and "not a search run" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_search_rejects_zero_steps_per_epoch(tmp_path):
+    result = CliRunner().invoke(app, ["search", "--max-steps-per-epoch", "0", "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0 and "max_steps_per_epoch" in str(result.exception) + result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_search_without_an_ood_set(tmp_path):
+    out = tmp_path / "r"
+    result = CliRunner().invoke(app, ["search", "--ood-dataset", "none", "--epochs", "1", "--warmup-epochs", "0",
+                                      "--max-steps-per-epoch", "1", "--layers", "3", "--channels", "4",
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ood_dataset"] is None and "ood" not in summary["objectives"]
+
+
+def test_cost_of_a_run_uses_its_recorded_deploy_shape(tmp_path):
+    shape = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
+    (tmp_path / "summary.json").write_text(json.dumps({"deploy_shape": vars(shape)}))
+    GENOTYPES["DARTS_V2"].save(tmp_path / "genotype.json")
+    result = CliRunner().invoke(app, ["cost", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert got["deploy_shape"]["C"] == 8
+    assert got["total"]["params_m"] == CostModel(shape).genotype_cost(GENOTYPES["DARTS_V2"]).params_m
+
+
+def test_eval_of_a_file_that_is_not_onnx(tmp_path):
+    fake = tmp_path / "model.onnx"
+    fake.write_text("not a model")
+    proc = _e2rnas("eval", str(fake))
+    assert proc.returncode == 2 and "not a readable ONNX file" in proc.stderr
+    assert "Traceback" not in proc.stderr
