@@ -102,8 +102,8 @@ class LatencyTable:
             wrong.append(f"runs batch {batch}")
         if precision is not None and precision != self.precision:
             wrong.append(f"runs {precision}")
-        if primitives is not None and not set(primitives) <= set(self.primitives):
-            wrong.append(f"searches ops {', '.join(sorted(set(primitives) - set(self.primitives)))}")
+        if primitives is not None and tuple(primitives) != self.primitives:  # alpha's columns follow them
+            wrong.append(f"searches ops {', '.join(primitives)} (the table has {', '.join(self.primitives)})")
         if wrong:
             raise LatencyTableError(
                 f"latency table was measured for target {self.target}, deploy shape {ours}, batch {self.batch}, "
