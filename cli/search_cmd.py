@@ -97,6 +97,8 @@ def search(
                                                       "table's fastest to its slowest genotype (needs --lut).")] = None,
     lut: Annotated[Path | None, typer.Option("--lut", help="Latency table from `e2rnas lut` for the deploy "
                                              "network.")] = None,
+    max_normal_free_ops: Annotated[int | None, typer.Option("--max-normal-free-ops", help="Budget rule: at most "
+                                                            "this many skips + pools in the normal cell.")] = None,
     warmup_epochs: Annotated[int | None, typer.Option("--warmup-epochs", help="First epochs train the weights "
                                                       "only (alphas frozen).")] = None,
     max_normal_skips: Annotated[int | None, typer.Option("--max-normal-skips", help="At most this many "
@@ -143,7 +145,7 @@ def search(
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
         max_steps_per_epoch=max_steps, seed=seed, device=device, derive=derive, params_floor=params_floor,
         **_latency_bound(latency_bound), lut=str(lut) if lut else None, a_lr=arch_lr,
-        max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs))
+        max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs, max_normal_free_ops=max_normal_free_ops))
     out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     if no_ood:
         try:

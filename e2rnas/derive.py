@@ -21,8 +21,10 @@ import torch
 
 from e2rnas.errors import E2RNASError
 from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
+from e2rnas.ops import POOLING_OPS
 
 DERIVE_RULES = ("budget", "darts")
+PARAMETER_FREE = POOLING_OPS | {"skip_connect"}
 KINDS = ("normal", "reduce")
 _TOL = 1e-9  # relative: float sums of integer costs; a bound met to this precision is met
 _NODE_EDGES = [list(range(sum(2 + k for k in range(i)), sum(2 + k for k in range(i + 1)))) for i in range(STEPS)]
@@ -94,7 +96,7 @@ def _allowed(primitives: Sequence[str], logs: dict[str, torch.Tensor]) -> list[t
 
 def _solve(objective: np.ndarray, triples: list[tuple[str, int, int]], costs: Sequence[AdditiveCost],
            primitives: Sequence[str], max_skips_normal: int | None,
-           tighten: dict[str, float] | None = None) -> np.ndarray | None:
+           tighten: dict[str, float] | None = None, max_free_normal: int | None = None) -> np.ndarray | None:
     """Minimise ``objective @ x`` over 0/1 x (one per triple) under the cell structure and the cost bounds."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -114,6 +116,11 @@ def _solve(objective: np.ndarray, triples: list[tuple[str, int, int]], costs: Se
         rows.append([1.0 if t[0] == "normal" and t[2] == skip else 0.0 for t in triples])
         lo.append(0.0)
         hi.append(float(max_skips_normal))
+    if max_free_normal is not None:
+        free = [k for k, name in enumerate(primitives) if name in PARAMETER_FREE]
+        rows.append([1.0 if t[0] == "normal" and t[2] in free else 0.0 for t in triples])
+        lo.append(0.0)
+        hi.append(float(max_free_normal))
     tighten = tighten or {}
     for c in costs:
         if c.upper is None and c.lower is None:
@@ -174,14 +181,17 @@ def _edges_all() -> list[int]:
 
 
 def derive_budget(strengths: dict[str, torch.Tensor], primitives: Sequence[str], costs: Sequence[AdditiveCost], *,
-                  max_skips_normal: int | None = None) -> Derivation:
-    """The genotype of largest summed log strength whose costs meet every bound (exact integer program)."""
+                  max_skips_normal: int | None = None, max_free_normal: int | None = None) -> Derivation:
+    """The genotype of largest summed log strength whose costs meet every bound (exact integer program).
+
+    ``max_skips_normal`` caps the normal cell's skips (P-DARTS' rule); ``max_free_normal`` caps its parameter-free
+    ops (skips and pools), the generalisation that also rules out a cell of pools."""
     logs = {k: log_strengths(strengths[k]) for k in KINDS}
     triples = _allowed(primitives, logs)
     objective = -np.array([float(logs[k][e, o]) for k, e, o in triples])
     tighten: dict[str, float] = {}
     for _ in range(4):  # the solver's row tolerance may admit a hair's breadth over a bound: tighten and resolve
-        x = _solve(objective, triples, costs, primitives, max_skips_normal, tighten)
+        x = _solve(objective, triples, costs, primitives, max_skips_normal, tighten, max_free_normal)
         if x is None:
             raise infeasible_error(costs, primitives)
         genotype = _to_genotype(x, triples, primitives)
@@ -204,10 +214,10 @@ def infeasible_error(costs: Sequence[AdditiveCost], primitives: Sequence[str]) -
 
 
 def check_feasible(costs: Sequence[AdditiveCost], primitives: Sequence[str], *,
-                   max_skips_normal: int | None = None) -> None:
+                   max_skips_normal: int | None = None, max_free_normal: int | None = None) -> None:
     """Raise ``BudgetInfeasibleError`` before a search starts when no genotype can meet the bounds."""
     uniform = {k: torch.full((len(_edges_all()), len(primitives)), 1.0 / len(primitives)) for k in KINDS}
-    derive_budget(uniform, primitives, costs, max_skips_normal=max_skips_normal)
+    derive_budget(uniform, primitives, costs, max_skips_normal=max_skips_normal, max_free_normal=max_free_normal)
 
 
 def derive_darts(strengths: dict[str, torch.Tensor], primitives: Sequence[str], costs: Sequence[AdditiveCost], *,

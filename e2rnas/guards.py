@@ -1,6 +1,7 @@
 """Warnings when a search has collapsed or not decided anything; each says what to change.
 
 - *No parametric op in the normal cell*: the network is its fixed part (stem, 1x1 pre-processing, classifier).
+- *Pool/skip collapse*: at most 2 of the normal cell's 8 ops are parametric.
 - *Skip collapse*: >= 3 ``skip_connect`` in the normal cell (DARTS' known failure mode).
 - *Indecision*: softmax(alpha) still close to uniform. Measure: the mean over all edges of both cell types of the
   normalised entropy H(p) / log(n) of the op weights (over the ops not pruned); > 0.95 means the derived genotype was
@@ -18,6 +19,7 @@ from e2rnas.ops import POOLING_OPS
 
 INDECISION_ENTROPY = 0.95
 MAX_NORMAL_SKIPS = 2
+MIN_NORMAL_PARAMETRIC = 3  # fewer parametric ops than this in the normal cell (but some): mostly pools and skips
 PARAMETER_FREE = POOLING_OPS | {"skip_connect", "none"}
 
 
@@ -41,6 +43,10 @@ def search_warnings(genotype: Genotype, *, weights: dict[str, torch.Tensor] | No
         out.append("collapse: the normal cell has no parametric op (only pooling and skips), so the network is its "
                    "fixed part; raise L (--params-bound), derive under the budget (--derive budget, "
                    "--params-floor 0.8) or search longer")
+    free = sum(op in PARAMETER_FREE for op in normal_ops)
+    if 0 < len(normal_ops) - free <= MIN_NORMAL_PARAMETRIC - 1:
+        out.append(f"collapse: the normal cell has {free} of {len(normal_ops)} parameter-free ops (pools and skips); "
+                   f"cap them in the derivation (--max-normal-free-ops 2), raise L, or search longer")
     skips = normal_ops.count("skip_connect")
     if skips > MAX_NORMAL_SKIPS:
         out.append(f"collapse: the normal cell has {skips} skip_connect edges (DARTS' skip collapse); use "

@@ -87,6 +87,7 @@ class SearchConfig:
     derive: str = "budget"
     params_floor: float = 0.8  # the budget rule keeps params in [params_floor x L, L]
     max_normal_skips: int | None = None  # at most this many skip_connect in the derived normal cell (P-DARTS' rule)
+    max_normal_free_ops: int | None = None  # budget rule: at most this many skips + pools in the normal cell
     latency_bound: float | None = None  # T, ms on the latency table's target (adds the latency objective)
     # or T placed this fraction of the way from the table's fastest to its slowest genotype (portable across machines)
     latency_bound_fraction: float | None = None
@@ -123,8 +124,10 @@ class SearchConfig:
                              f"(set --warmup-epochs)")
         if self.derive not in DERIVE_RULES:
             raise ValueError(f"unknown derive rule {self.derive!r}; choose from {', '.join(DERIVE_RULES)}")
-        if self.max_normal_skips is not None and not 0 <= self.max_normal_skips <= 8:
-            raise ValueError(f"max_normal_skips must be in 0..8, got {self.max_normal_skips}")
+        for name in ("max_normal_skips", "max_normal_free_ops"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 8:
+                raise ValueError(f"{name} must be in 0..8, got {value}")
         if not 0 <= self.params_floor <= 1:
             raise ValueError(f"params_floor is a fraction of L in [0, 1], got {self.params_floor}")
         if self.latency_bound is not None and self.latency_bound_fraction is not None:
@@ -222,7 +225,8 @@ class SearchRun:
                                   macs_bound_m=cfg.flops_bound, latency_table=self.latency_table,
                                   latency_bound_ms=self.latency_bound_ms)
         if cfg.derive == "budget":
-            check_feasible(self.costs, self.cost_model.primitives, max_skips_normal=self.max_skips)
+            check_feasible(self.costs, self.cost_model.primitives, max_skips_normal=self.max_skips,
+                           max_free_normal=cfg.max_normal_free_ops)
         self.stage_epochs = stage_epochs(cfg)
         self.build_stage(0)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order; state kept at epoch start
@@ -278,7 +282,8 @@ class SearchRun:
         prims = self.model.primitives
         out = {"darts": derive_darts(strengths, prims, self.costs, max_skips_normal=self.max_skips)}
         if self.cfg.derive == "budget":
-            out["budget"] = derive_budget(strengths, prims, self.costs, max_skips_normal=self.max_skips)
+            out["budget"] = derive_budget(strengths, prims, self.costs, max_skips_normal=self.max_skips,
+                                          max_free_normal=self.cfg.max_normal_free_ops)
         return out
 
     def genotype(self):

@@ -170,3 +170,18 @@ def test_indecision_guard_measures_normalised_entropy():
     g = GENOTYPES["DARTS_V2"]
     assert any("indecision" in w for w in search_warnings(g, weights={"normal": uniform, "reduce": uniform}))
     assert not search_warnings(g, weights={"normal": peaked, "reduce": peaked})
+
+
+def test_parameter_free_cap_rules_out_a_cell_of_pools(cost_model):
+    strengths = _random_strengths(1)
+    for op in ("max_pool_3x3", "avg_pool_3x3", "skip_connect"):
+        strengths["normal"][:, PRIMITIVES.index(op)] = 0.9  # pools and skips dominate every edge
+    free = {"max_pool_3x3", "avg_pool_3x3", "skip_connect"}
+    uncapped = derive_budget(strengths, PRIMITIVES, deploy_costs(cost_model))
+    assert all(op in free for op, _ in uncapped.genotype.normal)
+    capped = derive_budget(strengths, PRIMITIVES, deploy_costs(cost_model), max_free_normal=2)
+    assert sum(op in free for op, _ in capped.genotype.normal) == 2
+    assert capped.strength < uncapped.strength
+    assert any("parameter-free" in w for w in search_warnings(
+        Genotype(_cell(["avg_pool_3x3"] * 6 + ["sep_conv_3x3"] * 2), (2, 3, 4, 5), uncapped.genotype.reduce,
+                 (2, 3, 4, 5))))
