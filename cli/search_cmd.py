@@ -27,6 +27,7 @@ class SearchProgress:
                                  TimeRemainingColumn(), console=console)
         self.task = None
         self.last: dict[str, Any] = {}
+        self.started = False
         self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False) if enabled else None
 
     def _render(self):
@@ -49,15 +50,16 @@ class SearchProgress:
         return Group(self.progress, table)
 
     def __enter__(self) -> SearchProgress:
-        if self.live:
-            self.live.__enter__()
-        return self
+        return self  # the live view starts at the first step: a bad input's error line then stands alone
 
     def __exit__(self, *exc) -> None:
-        if self.live:
+        if self.live and self.started:
             self.live.__exit__(*exc)
 
     def on_step(self, rec: dict[str, Any]) -> None:
+        if self.live and not self.started:
+            self.live.__enter__()
+            self.started = True
         total = rec["steps_per_epoch"] * rec["epochs"]
         if self.task is None:
             self.task = self.progress.add_task("", total=total, completed=(rec["epoch"]) * rec["steps_per_epoch"])

@@ -178,9 +178,20 @@ def fit_fixed_and_scales(measured: dict[str, float], by_op: dict[str, dict[str, 
         coef = np.linalg.lstsq(A, b, rcond=None)[0]
         if all(0.1 <= c <= 3 for c in coef[1:]):
             scales, method = {op: float(c) for op, c in zip(ops, coef[1:], strict=True)}, "least squares per op"
-    explained = {n: sum(scales[op] * v for op, v in by_op[n].items() if op in scales) for n in names}
     offset_from = [n for n in typical if n in measured] or names
-    fixed = statistics.median(measured[n] - explained[n] for n in offset_from)
+
+    def offset(sc: dict[str, float]) -> tuple[float, dict[str, float]]:
+        expl = {n: sum(sc[op] * v for op, v in by_op[n].items() if op in sc) for n in names}
+        return statistics.median(measured[n] - expl[n] for n in offset_from), expl
+
+    fixed, explained = offset(scales)
+    if fixed <= 0 and method != "one Theil-Sen factor for all ops":
+        # a noisy measurement (few runs, a loaded machine) can tilt per-op factors until the stem costs nothing
+        scales, method = dict.fromkeys(ops, common), "one Theil-Sen factor for all ops (per-op fit gave fixed <= 0)"
+        fixed, explained = offset(scales)
+    if fixed < 0:
+        method += "; fixed part clamped at 0"
+        fixed = 0.0
     residuals = {n: measured[n] - fixed - explained[n] for n in names}
     worst = max(residuals, key=lambda n: abs(residuals[n]) / measured[n])
     return fixed, scales, {

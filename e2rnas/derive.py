@@ -162,16 +162,18 @@ def _violations(genotype: Genotype, costs: Sequence[AdditiveCost], primitives: S
     return out
 
 
-def cost_range(costs: Sequence[AdditiveCost], primitives: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """(cheapest, dearest) of each cost over every genotype of the space (bounds ignored)."""
+def cost_range(costs: Sequence[AdditiveCost], primitives: Sequence[str], *, max_skips_normal: int | None = None,
+               max_free_normal: int | None = None) -> dict[str, tuple[float, float]]:
+    """(cheapest, dearest) of each cost over every genotype of the space that meets the cell caps (bounds
+    ignored)."""
     logs = {k: torch.zeros(len(_edges_all()), len(primitives), dtype=torch.float64) for k in KINDS}
     triples = _allowed(primitives, logs)
     free = [AdditiveCost(c.name, c.unit, c.fixed, c.tables) for c in costs]
     out = {}
     for c in free:
         vec = np.array([float(c.tables[k][e, o]) for k, e, o in triples])
-        lo = _solve(vec, triples, free, primitives, None)
-        hi = _solve(-vec, triples, free, primitives, None)
+        lo = _solve(vec, triples, free, primitives, max_skips_normal, None, max_free_normal)
+        hi = _solve(-vec, triples, free, primitives, max_skips_normal, None, max_free_normal)
         out[c.name] = (c.fixed + float(vec @ lo), c.fixed + float(vec @ hi))
     return out
 
@@ -193,7 +195,8 @@ def derive_budget(strengths: dict[str, torch.Tensor], primitives: Sequence[str],
     for _ in range(4):  # the solver's row tolerance may admit a hair's breadth over a bound: tighten and resolve
         x = _solve(objective, triples, costs, primitives, max_skips_normal, tighten, max_free_normal)
         if x is None:
-            raise infeasible_error(costs, primitives)
+            raise infeasible_error(costs, primitives, max_skips_normal=max_skips_normal,
+                                   max_free_normal=max_free_normal)
         genotype = _to_genotype(x, triples, primitives)
         bad = _violations(genotype, costs, primitives)
         if not bad:
@@ -201,16 +204,21 @@ def derive_budget(strengths: dict[str, torch.Tensor], primitives: Sequence[str],
                               {c.name: c.of(genotype, primitives) for c in costs})
         for key, amount in bad.items():
             tighten[key] = tighten.get(key, 0.0) + 2 * amount + 1e-9
-    raise infeasible_error(costs, primitives)
+    raise infeasible_error(costs, primitives, max_skips_normal=max_skips_normal, max_free_normal=max_free_normal)
 
 
-def infeasible_error(costs: Sequence[AdditiveCost], primitives: Sequence[str]) -> BudgetInfeasibleError:
-    ranges = cost_range(costs, primitives)
+def infeasible_error(costs: Sequence[AdditiveCost], primitives: Sequence[str], *, max_skips_normal: int | None = None,
+                     max_free_normal: int | None = None) -> BudgetInfeasibleError:
+    ranges = cost_range(costs, primitives, max_skips_normal=max_skips_normal, max_free_normal=max_free_normal)
     bounds = ", ".join(c.describe_bound() for c in costs if c.upper is not None or c.lower is not None)
+    caps = [f"<= {max_skips_normal} skips" for _ in [0] if max_skips_normal is not None]
+    caps += [f"<= {max_free_normal} pools/skips" for _ in [0] if max_free_normal is not None]
+    where = f" with {' and '.join(caps)} in the normal cell" if caps else ""
     spans = "; ".join(f"{c.name} {ranges[c.name][0]:.4g}-{ranges[c.name][1]:.4g} {c.unit}" for c in costs)
     return BudgetInfeasibleError(
-        f"no genotype meets {bounds} on this deploy network: the cheapest and dearest genotypes cost {spans}; "
-        f"move the bounds into these ranges (or lower --params-floor)")
+        f"no genotype{where} meets {bounds} on this deploy network: the cheapest and dearest such genotypes cost "
+        f"{spans}; move the bounds into these ranges, lower --params-floor"
+        + (" or raise --max-normal-free-ops" if max_free_normal is not None else ""))
 
 
 def check_feasible(costs: Sequence[AdditiveCost], primitives: Sequence[str], *,

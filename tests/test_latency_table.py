@@ -49,7 +49,8 @@ def test_cli_writes_a_versioned_table(measured) -> None:
     assert key["deploy_shape"] == {"layers": 5, "C": 8, "num_classes": 5, "input_size": 16, "variant": "cifar"}
     assert key["primitives"] == list(PRIMITIVES)
     assert {"cpu", "versions", "cpu_capability", "date"} <= set(data["environment"])
-    assert data["fixed_ms"] > 0 and set(data["op_scale"]) <= set(PRIMITIVES) - {"none"}
+    # >= 0: the fit never returns a negative fixed part, even from this 3-run measurement on a loaded machine
+    assert data["fixed_ms"] >= 0 and set(data["op_scale"]) <= set(PRIMITIVES) - {"none"}
     assert all(v > 0 for v in data["op_scale"].values())
     # every non-none op at every edge geometry of the tiny network: (C, stride, input size)
     geometries = {(8, 1, 16), (16, 2, 16), (16, 1, 8), (32, 2, 8), (32, 1, 4)}

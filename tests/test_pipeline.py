@@ -21,9 +21,10 @@ REDUCED = {
     "bench": {"runs": 3, "warmup": 1, "batch": "1", "max_samples": 32},
     "check": {"max_samples": 32, "runs": 3, "warmup": 1},
 }
-ARTIFACTS = ["search/genotype.json", "search/summary.json", "train/model.pt", "eval/eval.json", "export/model.onnx",
-             "export/model.int8.onnx", "bench/bench.json", "check/check.json", "report.md", "report.html",
-             "report/search.png", "report/alphas.png", "report/cells.png", "report/latency.png", "pipeline.json"]
+ARTIFACTS = ["lut/lut.json", "search/genotype.json", "search/summary.json", "train/model.pt", "eval/eval.json",
+             "export/model.onnx", "export/model.int8.onnx", "bench/bench.json", "check/check.json", "report.md",
+             "report.html", "report/search.png", "report/alphas.png", "report/cells.png", "report/latency.png",
+             "pipeline.json"]
 
 
 def test_flags_spelling():
@@ -39,9 +40,15 @@ def test_run_produces_every_artifact_skips_and_resumes(tmp_path):
     cfg_file.write_text(yaml.safe_dump(REDUCED))
     run_dir = tmp_path / "run"
 
+    # The latency table, as the lut stage writes it (the pipeline then skips that stage as complete).
+    table = run_dir / "lut" / "lut.json"
+    made = CliRunner().invoke(app, ["lut", "--target", "cpu", "--runs", "3", "--rounds", "1", "--warmup", "1",
+                                    "--out", str(table)])
+    assert made.exit_code == 0, made.output
     # An interrupted search: a checkpoint but no summary; the pipeline must resume it.
     search_cfg = build_config(SearchConfig, preset="embedded-default", section="search", overrides={
-        "epochs": 1, "warmup_epochs": 0, "max_steps_per_epoch": 2, "layers": 3, "C": 4, "batch_size": 16})
+        "epochs": 1, "warmup_epochs": 0, "max_steps_per_epoch": 2, "layers": 3, "C": 4, "batch_size": 16,
+        "lut": str(table), "latency_bound_fraction": 0.5})
 
     def stop(rec):
         raise KeyboardInterrupt
@@ -55,8 +62,9 @@ def test_run_produces_every_artifact_skips_and_resumes(tmp_path):
     for rel in ARTIFACTS:
         assert (run_dir / rel).is_file(), rel
     record = json.loads((run_dir / "pipeline.json").read_text())
-    search_stage = record["stages"][0]
-    assert search_stage["stage"] == "search" and search_stage["command"].endswith("--resume")
+    stages = {s["stage"]: s for s in record["stages"]}
+    assert stages["lut"]["status"].startswith("skipped")
+    assert stages["search"]["command"].endswith("--resume") and "--latency-bound 50%" in stages["search"]["command"]
 
     # The report's tables are the JSON files' numbers.
     report = (run_dir / "report.md").read_text()
