@@ -20,7 +20,8 @@ What is timed, and why (``docs/latency-table.md``):
   one call overhead; ``op_scale`` absorbs what the wrapper does not reproduce (``fit_fixed_and_scales``). It is
   near 1 at the embedded deploy shape, lower where channel counts leave ORT's NCHWc layout (C=36 and 72).
 
-Only the ``cpu`` target (ONNX Runtime CPU execution provider) is implemented; GPU, TensorRT and Jetson targets raise.
+Local ONNX Runtime targets are implemented (``cpu``; a CUDA GPU through ORT's CUDA provider, via the bench's
+``open_runner``, untested here: no GPU); TensorRT-only and remote (Jetson over SSH) targets raise.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def measure_latency_table(*, shape: DeployShape, target: str | Target = "cpu", b
     from e2rnas.deploy_targets.bench import resolve_threads
     from e2rnas.ops import PRIMITIVES
 
-    t = _local_cpu_target(target)
+    t = _local_ort_target(target)
     _check_shape(shape)
     if batch < 1 or runs < 1 or rounds < 1 or warmup < 0 or random_references < 0:
         raise E2RNASError(f"batch, runs and rounds must be >= 1, warmup and references >= 0 (got batch {batch}, "
@@ -81,7 +82,7 @@ def measure_latency_table(*, shape: DeployShape, target: str | Target = "cpu", b
         graphs, free = export_graphs(shape=shape, ops=ops, references=refs, batch=batch, folder=Path(tmp),
                                      seed=seed, on_progress=on_progress)
         times = time_round_robin(graphs, batch=batch, threads=threads, runs=runs, warmup=warmup, rounds=rounds,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, target=t)
     overhead = {k[1:]: ms for k, ms in times.items() if k[0] == "overhead"}
     in_context = {k: ms for k, ms in times.items() if k[0] not in ("overhead", "net")}
     table_ops = {k: max(0.0, ms - overhead[k[1:]]) for k, ms in in_context.items()} | dict.fromkeys(free, 0.0)
@@ -226,13 +227,21 @@ def reference_genotypes(ops: Sequence[str], *, random_references: int = DEFAULT_
 
 
 def time_round_robin(graphs: dict[Any, Path], *, batch: int, threads: int | None, runs: int, warmup: int,
-                     rounds: int, on_progress: Progress | None = None) -> dict[Any, float]:
-    """Median over ``rounds`` of each graph's per-round p50 (ms), every session open for the whole measurement."""
-    from e2rnas.deploy_targets.runners import OrtRunner
+                     rounds: int, on_progress: Progress | None = None, target: Target | None = None
+                     ) -> dict[Any, float]:
+    """Median over ``rounds`` of each graph's per-round p50 (ms), every session open for the whole measurement.
+
+    Sessions come from ``open_runner`` on ``target`` (the bench's runner, with the target's execution providers:
+    CPU, or CUDA on a GPU host, where a silent CPU fall-back is an error); a plain CPU session without one."""
+    from e2rnas.deploy_targets.runners import OrtRunner, open_runner
+
+    def runner(path: Path) -> Any:
+        return OrtRunner(path, threads=threads) if target is None else open_runner(path, target=target,
+                                                                                   threads=threads)
 
     per_round: dict[Any, list[float]] = {k: [] for k in graphs}
     with contextlib.ExitStack() as stack:
-        runners = {k: stack.enter_context(OrtRunner(p, threads=threads)) for k, p in graphs.items()}
+        runners = {k: stack.enter_context(runner(p)) for k, p in graphs.items()}
         done, total = 0, rounds * len(runners)
         for _ in range(rounds):
             for k, runner in runners.items():
@@ -243,13 +252,22 @@ def time_round_robin(graphs: dict[Any, Path], *, batch: int, threads: int | None
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def _local_cpu_target(target: str | Target) -> Target:
+def _local_ort_target(target: str | Target) -> Target:
+    """A target this machine runs with ONNX Runtime (its CPU, or its CUDA GPU through the CUDA provider)."""
     from e2rnas.deploy_targets.profiles import Target, get_target
 
     t = target if isinstance(target, Target) else get_target(target)
-    if t.device != "cpu" or t.remote or "onnxruntime" not in t.backends:
-        raise LatencyTableError(f"latency tables are not implemented for target {t.name} yet; measure one with "
-                                "--target cpu (ONNX Runtime on this machine's CPU)")
+    if t.remote or "onnxruntime" not in t.backends:
+        raise LatencyTableError(f"latency tables are not implemented for target {t.name} yet (remote and "
+                                "TensorRT-only targets); measure one with --target cpu or a local GPU target that "
+                                "runs ONNX Runtime")
+    if t.device == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise LatencyTableError(f"target {t.name} times ops with ONNX Runtime's CUDA provider, which this "
+                                    f"machine lacks (providers: {', '.join(ort.get_available_providers())}); run "
+                                    f"`e2rnas lut` on the GPU host with the gpu extra (pip install -e '.[gpu]')")
     return t
 
 
@@ -350,6 +368,7 @@ def _table(t: Any, shape: DeployShape, batch: int, threads: int | None, *, fixed
            scales: dict[str, float], env: dict, measurement: dict) -> LatencyTable:
     from e2rnas.ops import PRIMITIVES
 
-    key = {"target": t.name, "runtime": "onnxruntime-cpu", "precision": "fp32", "batch": batch, "threads": threads,
+    runtime = "onnxruntime-cpu" if t.device == "cpu" else "onnxruntime-cuda"
+    key = {"target": t.name, "runtime": runtime, "precision": "fp32", "batch": batch, "threads": threads,
            "deploy_shape": dataclasses.asdict(shape), "primitives": list(PRIMITIVES)}
     return LatencyTable(key=key, fixed_ms=fixed, ops=ops, op_scale=scales, environment=env, measurement=measurement)
