@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _deploy_helpers import train_digits_model
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
 from e2rnas.cost import DeployShape
-from e2rnas.data import batches, load_dataset, normalization_for
+from e2rnas.data import load_dataset
 from e2rnas.errors import E2RNASError
 from e2rnas.export import EXPORTERS, artifact_name, export_model, read_metadata
 from e2rnas.genotypes import GENOTYPES, Genotype
-from e2rnas.model_io import NetworkSpec, save_model
 from e2rnas.predict import OnnxRuntimePredictor, load_predictor
 
 TINY = DeployShape(layers=5, C=4, num_classes=5, input_size=16)
@@ -42,26 +42,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
-    """A real model.pt: a 3-cell C=4 DARTS_V2 network trained for 3 epochs on digits (about 2 s, ~90% accuracy)."""
-    train = load_dataset("digits", split="train")
-    mean, std = normalization_for("digits", train)
-    spec = NetworkSpec(C=4, layers=3, num_classes=5, input_size=16, mean=mean, std=std)
-    torch.manual_seed(0)
-    net = spec.build(GENOTYPES["DARTS_V2"])
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        net.train()
-        for x, y in batches(train, 32, shuffle=True, generator=gen):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("trained") / "model.pt"
-    save_model(path, model=net.eval(), genotype=GENOTYPES["DARTS_V2"], spec=spec,
-               data={"dataset": "digits", "num_classes": 5},
-               search={"params_bound_m": 0.1, "flops_bound_m": 5.0, "deploy_layers": 3})
-    return path
+    """A real model.pt trained on digits (about 2 s, ~90% accuracy)."""
+    return train_digits_model(tmp_path_factory.mktemp("trained") / "model.pt",
+                              search={"params_bound_m": 0.1, "flops_bound_m": 5.0, "deploy_layers": 3})
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

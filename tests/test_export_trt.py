@@ -10,14 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _deploy_helpers import train_digits_model
 
 from e2rnas.cost import DeployShape
-from e2rnas.data import batches, load_dataset, normalization_for
 from e2rnas.errors import E2RNASError
 from e2rnas.export import TensorRTUnavailable, artifact_name, export_model
 from e2rnas.export.tensorrt import support_problem
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model_io import NetworkSpec, save_model
 from e2rnas.predict import load_predictor
 
 
@@ -77,22 +75,7 @@ def test_without_tensorrt_one_line_error_and_nothing_written(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A small trained digits model, so that int8 top-1 agreement means something."""
-    train = load_dataset("digits", split="train")
-    mean, std = normalization_for("digits", train)
-    spec = NetworkSpec(C=4, layers=3, num_classes=5, input_size=16, mean=mean, std=std)
-    torch.manual_seed(0)
-    net = spec.build(GENOTYPES["DARTS_V2"])
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        for x, y in batches(train, 32, shuffle=True, generator=gen):
-            loss = torch.nn.functional.cross_entropy(net.train()(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    path = tmp_path_factory.mktemp("trained") / "model.pt"
-    save_model(path, model=net.eval(), genotype=GENOTYPES["DARTS_V2"], spec=spec, data={"dataset": "digits"})
-    return path
+    return train_digits_model(tmp_path_factory.mktemp("trained") / "model.pt")
 
 
 @pytest.mark.trt
