@@ -19,6 +19,11 @@ def run(
     budget: Annotated[Path | None, typer.Option("--budget", help="Budget YAML (default: the shipped one).")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Deploy target for bench and check.")] = None,
     out: opt.Out = None,
+    force: Annotated[bool, typer.Option("--force", help="Run every stage again, even when complete.")] = False,
+    from_stage: Annotated[str | None, typer.Option("--from", help="Run this stage and the ones after it again.")]
+    = None,
+    skip: Annotated[list[str] | None, typer.Option("--skip", help="Leave out a stage (repeatable): lut, search, "
+                                                   "train, eval, export, bench, check, report.")] = None,
     json: opt.Json = False,
 ) -> None:
     """Search -> train -> eval -> export -> bench -> check -> report, skipping stages already complete."""
@@ -29,6 +34,8 @@ def run(
     values = load_yaml(config) if config else {}
     values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target,
                                           budget=str(budget) if budget else None).items() if v is not None})
+    if skip:
+        values["skip"] = (*values.get("skip", ()), *skip)
     try:
         cfg = PipelineConfig(**values)
     except (TypeError, ValueError) as exc:
@@ -40,7 +47,7 @@ def run(
             console.rule(f"[bold]{stage}[/]")
             console.print(what, highlight=False, soft_wrap=True)
 
-    record = run_pipeline(cfg, run_dir=run_dir, on_stage=show)
+    record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, force=force, from_stage=from_stage)
     if json:
         print_json(record | {"run_dir": str(run_dir)})
     else:

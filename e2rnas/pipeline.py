@@ -140,22 +140,46 @@ def _invoke(argv: Sequence[str]) -> int:
         raise
 
 
-def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str, str], None] | None = None
-                 ) -> dict[str, Any]:
-    """Run (or continue) the pipeline; returns and writes ``pipeline.json`` (commands, status, seconds)."""
+def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str, str], None] | None = None,
+                 force: bool = False, from_stage: str | None = None) -> dict[str, Any]:
+    """Run (or continue) the pipeline; returns and writes ``pipeline.json`` (commands, status, seconds).
+
+    Each stage has a fingerprint: its arguments, the contents of the input files it names outside the run
+    directory, the e2rnas version and the fingerprint of the stage before it. A stage whose recorded fingerprint
+    differs runs again, and so does every stage after it (its old outputs move to ``<name>.previous``); a stage
+    whose outputs are complete and whose fingerprint matches is skipped. ``force`` reruns everything,
+    ``from_stage`` that stage and the rest."""
+    from e2rnas import __version__
+
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_path = run_dir / "pipeline.json"
-    record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": []}
-    for stage in plan(cfg, run_dir):
+    stages = plan(cfg, run_dir)
+    names = [st.name.split("-")[0] for st in stages]
+    if from_stage is not None and from_stage not in names:
+        raise E2RNASError(f"--from {from_stage}: not a stage of this run; stages are {', '.join(dict.fromkeys(names))}")
+    old = _old_fingerprints(record_path)
+    record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": [], "e2rnas_version": __version__,
+                              "run_dir": str(run_dir.resolve()), "cwd": str(Path.cwd()), "argv": sys.argv}
+    upstream, stale = "", force
+    for stage, base in zip(stages, names, strict=True):
+        stale = stale or base == from_stage
         argv = list(stage.argv() if callable(stage.argv) else stage.argv)
-        entry: dict[str, Any] = {"stage": stage.name, "command": "e2rnas " + " ".join(argv)}
-        if stage.done():
+        fp = _fingerprint(argv, upstream=upstream, run_dir=run_dir, version=__version__)
+        upstream = fp
+        changed = stage.name in old and old[stage.name] != fp
+        entry: dict[str, Any] = {"stage": stage.name, "command": "e2rnas " + " ".join(argv), "fingerprint": fp}
+        if stage.done() and not (stale or changed):
             entry.update(status="skipped (complete)", seconds=0.0)
             record["stages"].append(entry)
             if on_stage:
                 on_stage(stage.name, "skipped (outputs complete)")
             continue
+        if stale or changed:
+            _set_aside(stage, run_dir)
+            if on_stage and changed and not stale:
+                on_stage(stage.name, "settings changed since the last run: running it and the stages after it")
+        stale = True  # every stage after one that ran sees new inputs
         if stage.resumable():
             argv.append("--resume")
             entry["command"] += " --resume"
@@ -180,6 +204,46 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
     record["python"] = sys.version.split()[0]
     atomic_write_json(record_path, _merge_times(record_path, record))
     return record
+
+
+#: what a stage writes; moved to ``<path>.previous`` before the stage runs again with other settings
+_OUTPUTS = {"lut": ("lut",), "search": ("search",), "train": ("train",), "eval": ("eval",), "export": ("export",),
+            "bench": ("bench",), "check": ("check",)}
+
+
+def _set_aside(stage: Stage, run_dir: Path) -> None:
+    import shutil
+
+    for rel in _OUTPUTS.get(stage.name, ()):
+        path = run_dir / rel
+        if path.exists():
+            previous = run_dir / f"{rel}.previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            path.rename(previous)
+
+
+def _fingerprint(argv: Sequence[str], *, upstream: str, run_dir: Path, version: str) -> str:
+    """Arguments, version, upstream fingerprint, and the bytes of every input file named outside the run."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"argv": list(argv), "upstream": upstream, "version": version}).encode())
+    root = run_dir.resolve()
+    for arg in argv:
+        path = Path(arg)
+        if path.is_file() and root not in path.resolve().parents:
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _old_fingerprints(path: Path) -> dict[str, str]:
+    import json
+
+    try:
+        stages = json.loads(path.read_text()).get("stages", []) if path.is_file() else []
+    except (ValueError, AttributeError):
+        return {}
+    return {s["stage"]: s["fingerprint"] for s in stages if isinstance(s, dict) and s.get("fingerprint")}
 
 
 def _merge_times(path: Path, record: dict[str, Any]) -> dict[str, Any]:

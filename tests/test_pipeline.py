@@ -101,3 +101,36 @@ def test_plan_without_search_when_a_genotype_is_given(tmp_path):
 def test_report_rejects_an_empty_directory(tmp_path):
     result = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert result.exit_code != 0
+
+
+@pytest.mark.slow
+def test_changed_settings_rerun_the_stage_and_those_after_it(tmp_path):
+    """A rerun with other settings never reuses stale results, and the exit code follows the current check."""
+    cfg = dict(REDUCED, lut={"runs": 2, "rounds": 1, "warmup": 1}, skip=["bench"])
+    cfg_file = tmp_path / "pipeline.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    run_dir = tmp_path / "run"
+    first = CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
+    assert first.exit_code in (0, 1), first.output
+    passed = json.loads((run_dir / "check" / "check.json").read_text())["passed"]
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    fps = {s["stage"]: s["fingerprint"] for s in record["stages"]}
+
+    # the same settings: everything is skipped, and the exit code still reflects check.json
+    again = CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
+    assert again.exit_code == (0 if passed else 1)
+
+    # more training epochs: lut and search are kept, train and everything after it run again
+    cfg["train"] = dict(cfg["train"], epochs=2)
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    ran = [s["stage"] for s in record["stages"] if not s["status"].startswith("skipped")]
+    assert ran == ["train", "eval", "export", "export-int8", "check", "report"]
+    assert {s["stage"]: s["fingerprint"] for s in record["stages"]}["search"] == fps["search"]
+    assert (run_dir / "train.previous" / "model.pt").is_file()  # the old results are set aside, not lost
+
+    # --from check: only check and report
+    CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir), "--from", "check"])
+    record = json.loads((run_dir / "pipeline.json").read_text())
+    assert [s["stage"] for s in record["stages"] if not s["status"].startswith("skipped")] == ["check", "report"]
