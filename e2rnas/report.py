@@ -48,15 +48,16 @@ def _plt():
 
 
 def plot_search(metrics: list[dict[str, Any]], path: Path) -> bool:
-    steps = [m for m in metrics if m.get("type") == "step"]
+    all_steps = [m for m in metrics if m.get("type") == "step"]
+    steps = [(i, m) for i, m in enumerate(all_steps, 1) if m.get("objectives")]  # warm-up steps have none
     if not steps:
         return False
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
-    x = range(1, len(steps) + 1)
-    for name in steps[0]["objectives"]:
-        ax1.plot(x, [s["objectives"][name] for s in steps], label=name)
-        ax2.plot(x, [s["gammas"][name] for s in steps], label=name)
+    x = [i for i, _ in steps]
+    for name in steps[0][1]["objectives"]:
+        ax1.plot(x, [s["objectives"][name] for _, s in steps], label=name)
+        ax2.plot(x, [s["gammas"][name] for _, s in steps], label=name)
     ax1.set(title="Objective values", xlabel="step", yscale="log")
     ax2.set(title="MGDA weights (gamma)", xlabel="step", ylim=(0, 1))
     ax1.legend(fontsize=8)
@@ -174,9 +175,11 @@ def search_table(summary: dict[str, Any], check: dict[str, Any] | None) -> tuple
     return header, rows
 
 
-def report_warnings(summary: dict[str, Any] | None, check: dict[str, Any] | None) -> list[str]:
-    """The search's collapse/indecision warnings and the budget check's notes."""
+def report_warnings(summary: dict[str, Any] | None, check: dict[str, Any] | None,
+                    bench: dict[str, Any] | None = None) -> list[str]:
+    """The search's collapse/indecision warnings, the bench's notes (INT8 refused or slower) and the check's."""
     out = [f"search: {w}" for w in (summary or {}).get("warnings", [])]
+    out += [f"bench: {n}" for n in (bench or {}).get("notes", []) if n]
     out += [f"check: {n}" for n in (check or {}).get("notes", []) if n]
     out += [f"check: {w}" for w in (check or {}).get("warnings", []) if w]
     return out
@@ -244,7 +247,7 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
                f"{evaluation.get('samples', {})}. Params exclude the auxiliary head; MACs counted with "
                f"FlopCounterMode (FLOPs = 2 x MACs). Accuracy of exported artifacts is re-measured on the artifact; "
                f"their PGD examples are transferred from the torch model.", ""]
-    warnings = report_warnings(summary, check)
+    warnings = report_warnings(summary, check, bench)
     if warnings:
         md += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
     if summary:
