@@ -139,7 +139,8 @@ def find_run(path: str | Path) -> RunFiles:
             except json.JSONDecodeError as exc:
                 raise E2RNASError(f"{summary} is not valid JSON ({exc})") from exc
     search_from = search_from if search else None
-    eval_json = mdir / "eval.json" if (mdir / "eval.json").is_file() else None
+    evals = [mdir / "eval.json"] + ([pipeline / "eval" / "eval.json"] if pipeline is not None else [])
+    eval_json = next((e for e in evals if e.is_file()), None)  # a train run's, or a pipeline's eval stage
     artifacts: dict[str, Path] = {"torch": model}
     for d in dict.fromkeys(x for x in (mdir / "export", pipeline / "export" if pipeline else None) if x):
         if d.is_dir():

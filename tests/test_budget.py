@@ -143,3 +143,17 @@ def test_malformed_budget_file_exits_2(run, tmp_path, text: str, match: str) -> 
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr.replace("\n", " ") and proc.stderr.count("error:") == 1
+
+
+def test_reuse_eval_finds_a_pipeline_runs_eval_stage(tmp_path) -> None:
+    made = make_tiny_run(tmp_path / "run", pipeline=True)
+    (made["root"] / "eval").mkdir()
+    (made["root"] / "eval" / "eval.json").write_text(json.dumps({"clean_acc": 0.42, "pgd_acc": 0.1,
+                                                                 "ood": {"aupr_out": 0.77}}))
+    b = _budget(tmp_path, "min_accuracy: 0.5\n")
+    result = CliRunner().invoke(app, ["check", str(made["root"]), "--budget", str(b), "--reuse-eval", "--json",
+                                      "--out", str(tmp_path / "check")])
+    assert result.exit_code == 1, result.output
+    data = json.loads(result.stdout)
+    assert data["eval_source"].endswith("eval/eval.json (reused)")
+    assert data["lines"][0]["measured"] == 0.42
