@@ -62,7 +62,7 @@ def eval_model(
     from e2rnas.model_io import load_model
     from e2rnas.predict import TorchPredictor, load_predictor
 
-    dev = device or "cpu"
+    dev = opt.resolve_device(device or "cpu")
     protocol = protocol_from(preset, eps=_fraction(eps, "--eps"), steps=steps,
                              step_size=_fraction(step_size, "--step-size"), random_start=random_start,
                              max_samples=max_samples, batch_size=batch_size, seed=seed)

@@ -145,9 +145,11 @@ def search(
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
         weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
-        max_steps_per_epoch=max_steps, seed=seed, device=device, derive=derive, params_floor=params_floor,
+        max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None,
+        derive=derive, params_floor=params_floor,
         **_latency_bound(latency_bound), lut=str(lut) if lut else None, a_lr=arch_lr,
         max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs, max_normal_free_ops=max_normal_free_ops))
+    opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
     out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     if no_ood:
         try:

@@ -58,9 +58,11 @@ def train(
         config = out_dir / "config.yaml"  # resume with the run's own settings; flags still override
     overrides = dict(epochs=epochs, layers=layers, C=channels, batch_size=batch_size, lr=lr, dataset=dataset,
                      test_dataset=test_dataset, ood_dataset=ood_dataset, ood_weight=ood_weight, image_size=image_size,
-                     data_dir=str(data_dir) if data_dir else None, download=download, seed=seed, device=device,
+                     data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
+                     device=opt.resolve_device(device) if device else None,
                      max_train_batches=max_train_batches)
     cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides)
+    opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
     summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
                         search_meta=_search_meta(genotype))
     if json:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
@@ -56,3 +57,18 @@ def test_eval_of_a_file_that_is_not_onnx(tmp_path):
     proc = _e2rnas("eval", str(fake))
     assert proc.returncode == 2 and "not a readable ONNX file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_device_this_machine_lacks_is_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: --device cuda is valid here")
+    for cmd in (["search", "--out", str(tmp_path / "s")], ["train", "DARTS_V2", "--out", str(tmp_path / "t")]):
+        proc = _e2rnas(*cmd, "--device", "cuda")
+        assert proc.returncode == 2 and "no CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _e2rnas("search", "--device", "tpu9", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "is not a device" in proc.stderr
+    from e2rnas.cli._options import resolve_device
+
+    assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
