@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -47,13 +50,28 @@ def run(
             console.rule(f"[bold]{stage}[/]")
             console.print(what, highlight=False, soft_wrap=True)
 
-    record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, force=force, from_stage=from_stage)
+    with stages_to_stderr(json):
+        record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, force=force, from_stage=from_stage)
     if json:
         print_json(record | {"run_dir": str(run_dir)})
     else:
         console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
     if record.get("check_passed") is False:
         raise typer.Exit(1)
+
+
+@contextmanager
+def stages_to_stderr(enabled: bool) -> Iterator[None]:
+    """With ``--json`` stdout carries one JSON document: the stages' own tables and progress go to stderr."""
+    if not enabled:
+        yield
+        return
+    previous = console.file
+    console.file = sys.stderr
+    try:
+        yield
+    finally:
+        console.file = previous
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `e2rnas run`.")]) -> None:

@@ -75,10 +75,15 @@ def test_run_produces_every_artifact_skips_and_resumes(tmp_path):
     assert f"{100 * evaluation['clean_acc']:.2f}" in report
     assert "data:image/png;base64," in (run_dir / "report.html").read_text()
 
-    # A second run skips every completed stage.
+    # A second run skips every completed stage; with --json stdout is one JSON document.
+    import subprocess
+    import sys
+
     before = {rel: (run_dir / rel).stat().st_mtime_ns for rel in ARTIFACTS[:8]}
-    result = CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir)])
-    assert result.exit_code in (0, 1), result.output
+    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", "run", "--config", str(cfg_file), "--out",
+                           str(run_dir), "--json"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode in (0, 1), proc.stderr
+    assert json.loads(proc.stdout)["run_dir"] == str(run_dir) and "report" in proc.stderr
     record = json.loads((run_dir / "pipeline.json").read_text())
     assert all(s["status"].startswith("skipped") for s in record["stages"] if s["stage"] != "report")
     assert before == {rel: (run_dir / rel).stat().st_mtime_ns for rel in ARTIFACTS[:8]}
