@@ -211,8 +211,8 @@ def infeasible_error(costs: Sequence[AdditiveCost], primitives: Sequence[str], *
                      max_free_normal: int | None = None) -> BudgetInfeasibleError:
     ranges = cost_range(costs, primitives, max_skips_normal=max_skips_normal, max_free_normal=max_free_normal)
     bounds = ", ".join(c.describe_bound() for c in costs if c.upper is not None or c.lower is not None)
-    caps = [f"<= {max_skips_normal} skips" for _ in [0] if max_skips_normal is not None]
-    caps += [f"<= {max_free_normal} pools/skips" for _ in [0] if max_free_normal is not None]
+    caps = ([f"<= {max_skips_normal} skips"] if max_skips_normal is not None else []) + (
+        [f"<= {max_free_normal} pools/skips"] if max_free_normal is not None else [])
     where = f" with {' and '.join(caps)} in the normal cell" if caps else ""
     spans = "; ".join(f"{c.name} {ranges[c.name][0]:.4g}-{ranges[c.name][1]:.4g} {c.unit}" for c in costs)
     return BudgetInfeasibleError(
