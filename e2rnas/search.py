@@ -81,9 +81,9 @@ class SearchConfig:
     pdarts_keep: tuple[int, ...] = (8, 5, 3)
     pdarts_skip_dropout: tuple[float, ...] = (0.0, 0.3, 0.6)
     pdarts_max_skips: int = 2
-    # Derivation of the handed-over genotype: "budget" (exact optimum under the bounds) or "darts" (top-2 rule).
     warmup_epochs: int = 0  # first epochs train the weights only (alphas frozen): cheap, and alphas then see a
     # trained supernet instead of ranking untrained ops
+    # Derivation of the handed-over genotype: "budget" (exact optimum under the bounds) or "darts" (top-2 rule).
     derive: str = "budget"
     params_floor: float = 0.8  # the budget rule keeps params in [params_floor x L, L]
     max_normal_skips: int | None = None  # at most this many skip_connect in the derived normal cell (P-DARTS' rule)
