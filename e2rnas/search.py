@@ -276,7 +276,19 @@ class SearchRun:
         return self.cfg.pdarts_max_skips if self.cfg.method == "p-darts" else self.cfg.max_normal_skips
 
     def derivations(self) -> dict[str, Derivation]:
-        """Both rules' genotypes with their exact costs and strengths; ``cfg.derive`` names the handed-over one."""
+        """Both rules' genotypes with their exact costs and strengths; ``cfg.derive`` names the handed-over one.
+
+        Cached until an alpha changes (in-place optimiser steps bump a tensor's version): warm-up steps, the step
+        record, the epoch record and the summary then solve the integer program once per alpha update."""
+        m = self.model
+        key = (self.stage, id(m), m.mask_normal._version, m.mask_reduce._version,
+               *(a._version for a in m.arch_parameters()))
+        if getattr(self, "_derived", (None,))[0] == key:
+            return self._derived[1]
+        self._derived = (key, self._derive())
+        return self._derived[1]
+
+    def _derive(self) -> dict[str, Derivation]:
         strengths = {"normal": self.model.edge_strengths(False).detach(),
                      "reduce": self.model.edge_strengths(True).detach()}
         prims = self.model.primitives
