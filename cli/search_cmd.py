@@ -126,7 +126,8 @@ def search(
     resume: opt.Resume = False,
     json: opt.Json = False,
 ) -> None:
-    """Search a cell with E2RNAS: five objectives (val, OoD, adversarial, params, MACs) combined by MGDA."""
+    """Search a cell with E2RNAS: val, OoD, adversarial, params and MACs objectives (and latency, with --lut)
+    combined by MGDA; the genotype is derived under the deploy budget (--derive budget) or by the DARTS rule."""
     from e2rnas.search import SearchConfig, run_search
 
     notes = []
