@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,38 +27,19 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from e2rnas.data import batches, load_dataset, normalization_for
 from e2rnas.deploy_targets.cpu_features import cpu_features
 from e2rnas.deploy_targets.runners import OrtRunner
 from e2rnas.export import export_model
 from e2rnas.export import validate as V
 from e2rnas.export.int8_schemes import INT8_SCHEMES
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model_io import NetworkSpec, load_model, save_model
+from e2rnas.model_io import load_model
 from e2rnas.predict import OnnxRuntimePredictor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from _deploy_helpers import train_digits_model as train  # noqa: E402  (the very model the tests train)
 
 _INT_OPS = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "QLinearAdd", "QLinearConcat",
             "QLinearAveragePool", "QLinearGlobalAveragePool"}
-
-
-def train(path: Path) -> Path:
-    train_set = load_dataset("digits", split="train")
-    mean, std = normalization_for("digits", train_set)
-    spec = NetworkSpec(C=4, layers=3, num_classes=5, input_size=16, mean=mean, std=std)
-    torch.manual_seed(0)
-    net = spec.build(GENOTYPES["DARTS_V2"])
-    opt = torch.optim.Adam(net.parameters(), lr=0.01)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(3):
-        net.train()
-        for x, y in batches(train_set, 32, shuffle=True, generator=gen):
-            loss = torch.nn.functional.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    save_model(path, model=net.eval(), genotype=GENOTYPES["DARTS_V2"], spec=spec,
-               data={"dataset": "digits", "num_classes": 5})
-    return path
 
 
 def mean_diff(path: str | Path, x: np.ndarray, ref: np.ndarray) -> float:

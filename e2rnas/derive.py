@@ -21,10 +21,9 @@ import torch
 
 from e2rnas.errors import E2RNASError
 from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
-from e2rnas.ops import POOLING_OPS
+from e2rnas.ops import PARAMETER_FREE_OPS
 
 DERIVE_RULES = ("budget", "darts")
-PARAMETER_FREE = POOLING_OPS | {"skip_connect"}
 KINDS = ("normal", "reduce")
 _TOL = 1e-9  # relative: float sums of integer costs; a bound met to this precision is met
 _NODE_EDGES = [list(range(sum(2 + k for k in range(i)), sum(2 + k for k in range(i + 1)))) for i in range(STEPS)]
@@ -117,7 +116,7 @@ def _solve(objective: np.ndarray, triples: list[tuple[str, int, int]], costs: Se
         lo.append(0.0)
         hi.append(float(max_skips_normal))
     if max_free_normal is not None:
-        free = [k for k, name in enumerate(primitives) if name in PARAMETER_FREE]
+        free = [k for k, name in enumerate(primitives) if name in PARAMETER_FREE_OPS]
         rows.append([1.0 if t[0] == "normal" and t[2] in free else 0.0 for t in triples])
         lo.append(0.0)
         hi.append(float(max_free_normal))

@@ -15,12 +15,11 @@ import math
 import torch
 
 from e2rnas.genotypes import Genotype
-from e2rnas.ops import POOLING_OPS
+from e2rnas.ops import PARAMETER_FREE_OPS
 
 INDECISION_ENTROPY = 0.95
 MAX_NORMAL_SKIPS = 2
 MIN_NORMAL_PARAMETRIC = 3  # fewer parametric ops than this in the normal cell (but some): mostly pools and skips
-PARAMETER_FREE = POOLING_OPS | {"skip_connect", "none"}
 
 
 def normalized_entropy(weights: torch.Tensor) -> float:
@@ -39,11 +38,11 @@ def search_warnings(genotype: Genotype, *, weights: dict[str, torch.Tensor] | No
     """The warnings for a handed-over genotype (and the alphas' softmax weights it came from, when known)."""
     out = []
     normal_ops = [op for op, _ in genotype.normal]
-    if all(op in PARAMETER_FREE for op in normal_ops):
+    if all(op in PARAMETER_FREE_OPS for op in normal_ops):
         out.append("collapse: the normal cell has no parametric op (only pooling and skips), so the network is its "
                    "fixed part; raise L (--params-bound), derive under the budget (--derive budget, "
                    "--params-floor 0.8) or search longer")
-    free = sum(op in PARAMETER_FREE for op in normal_ops)
+    free = sum(op in PARAMETER_FREE_OPS for op in normal_ops)
     if 0 < len(normal_ops) - free <= MIN_NORMAL_PARAMETRIC - 1:
         out.append(f"collapse: the normal cell has {free} of {len(normal_ops)} parameter-free ops (pools and skips); "
                    f"cap them in the derivation (--max-normal-free-ops 2), raise L, or search longer")

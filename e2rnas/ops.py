@@ -127,3 +127,5 @@ register_op("dil_conv_5x5")(lambda C, stride, affine: DilConv(C, C, 5, stride, 4
 #: The search space's op order; the columns of alpha follow it.
 PRIMITIVES: tuple[str, ...] = tuple(OPS)
 POOLING_OPS = frozenset({"max_pool_3x3", "avg_pool_3x3"})
+#: ops without weights in a normal cell (a stride-2 skip is a FactorizedReduce, which has weights)
+PARAMETER_FREE_OPS = POOLING_OPS | {"skip_connect"}

@@ -21,7 +21,15 @@ from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomi
 from e2rnas.bilevel import BilevelStep, StepBatch, StepResult
 from e2rnas.cost import CostModel, DeployShape
 from e2rnas.data import ImageSet, batches, cycle, load_dataset, normalization_for, split_indices
-from e2rnas.derive import DERIVE_RULES, Derivation, check_feasible, deploy_costs, derive_budget, derive_darts
+from e2rnas.derive import (
+    DERIVE_RULES,
+    Derivation,
+    check_feasible,
+    cost_range,
+    deploy_costs,
+    derive_budget,
+    derive_darts,
+)
 from e2rnas.errors import E2RNASError
 from e2rnas.guards import normalized_entropy, search_warnings
 from e2rnas.mgda import Weighting
@@ -204,8 +212,6 @@ def resolve_latency_bound(cfg: SearchConfig, cost_model: CostModel, table) -> fl
     """T in ms: as given, or at ``latency_bound_fraction`` of the table's fastest-to-slowest genotype range."""
     if cfg.latency_bound_fraction is None:
         return cfg.latency_bound
-    from e2rnas.derive import cost_range
-
     latency = deploy_costs(cost_model, latency_table=table)[-1]
     lo, hi = cost_range([latency], cost_model.primitives)["latency"]
     return lo + cfg.latency_bound_fraction * (hi - lo)
