@@ -192,6 +192,7 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, batch_size: 
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from e2rnas.export.calibration import calibration_batch, calibration_batches, static_batch_of
     from e2rnas.export.int8_schemes import resolve_scheme
 
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -202,14 +203,17 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, batch_size: 
         raise E2RNASError("int8 calibration needs at least one image")
     chosen = resolve_scheme(scheme, cpu)
     qtypes = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    # a --static-batch N graph takes exactly N images per call: calibrate at its batch, the tail wrapped around
+    calib_batch = calibration_batch(static_batch_of(src), batch_size, len(calibration))
+    chunks, padded = calibration_batches(calibration, calib_batch)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter([calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)])
+            self.batches = iter(chunks)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
-            return None if batch is None else {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+            return None if batch is None else {INPUT_NAME: batch}
 
     t0 = time.perf_counter()
     root = logging.getLogger()
@@ -229,7 +233,8 @@ def quantize_int8(src: Path, dst: Path, *, calibration: np.ndarray, batch_size: 
     finally:
         root.setLevel(level)
     return {"calibration_images": int(len(calibration)), "calibration_method": method,
-            "per_channel": per_channel, "quant_format": "QDQ", **chosen,
+            "calibration_batch": calib_batch, "calibration_padded": padded, "per_channel": per_channel,
+            "quant_format": "QDQ", **chosen,
             "quantize_s": round(time.perf_counter() - t0, 3)}
 
 

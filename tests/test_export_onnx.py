@@ -135,6 +135,30 @@ def test_int8_onnx_keeps_top1_agreement_on_digits(trained, tmp_path):
     assert [r["path"] for r in summary["results"]] == [fp32.path, int8.path]
 
 
+def test_int8_with_a_static_batch_calibrates_at_the_model_batch(trained, tmp_path):
+    """--static-batch 8: ORT's calibration session takes exactly 8 images per call; 20 images leave a tail of 4."""
+    fp32, int8 = export_model(trained, out_dir=tmp_path, precision="int8", calib_samples=20, exporter="torchscript",
+                              dynamic_batch=False, batch=8, validation_samples=32)
+    assert fp32.ok and int8.ok, int8.details
+    assert int8.path == str(tmp_path / "model.bs8.int8.onnx")
+    assert onnx.load(int8.path).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 8
+    calib = read_metadata(int8.path)["calibration"]
+    assert (calib["calibration_batch"], calib["calibration_padded"], calib["calibration_images"]) == (8, 4, 20)
+    assert set(int8.details["parity"]["per_batch"]) == {"batch8"}
+
+
+def test_calibration_batches_wrap_the_tail_and_follow_the_network():
+    from e2rnas.export.calibration import calibration_batch, calibration_batches
+
+    images = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
+    batches, padded = calibration_batches(images, 3)
+    assert [b.ravel().tolist() for b in batches] == [[0, 1, 2], [3, 4, 0]] and padded == 1
+    small, padded = calibration_batches(images[:2], 8)  # fewer images than a static batch still calibrates
+    assert small[0].shape[0] == 8 and padded == 6
+    assert calibration_batch(8, 16, 20) == 8 and calibration_batch(None, 16, 20) == 16
+    assert calibration_batch(None, 32, 5) == 5
+
+
 def test_static_batch_and_summary_merge(tmp_path):
     export_model("DARTS_V1", out_dir=tmp_path, **FAST)
     (static,) = export_model("DARTS_V1", out_dir=tmp_path, dynamic_batch=False, batch=4, **FAST)
