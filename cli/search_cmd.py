@@ -111,7 +111,22 @@ def search(
                                                       "loss, loss+l2.")] = None,
     objectives: Objectives = None,
     first_order: Annotated[bool | None, typer.Option("--first-order/--second-order", help="Unrolled "
-                                                     "approximation order.")] = None,
+                                                     "approximation order (default: second for darts, first for "
+                                                     "pc-darts and p-darts).")] = None,
+    mgda_update: Annotated[str | None, typer.Option("--mgda-update", help="paper: alpha steps along sum gamma_k "
+                                                    "g_k (eq. 10); normalized: along sum gamma_k g_k / |g_k|.")]
+    = None,
+    hvp: Annotated[str | None, typer.Option("--hvp", help="Second-order term by central (DARTS, paper preset) or "
+                                            "forward differences (one pass fewer; a different search).")] = None,
+    hvp_eps: Annotated[float | None, typer.Option("--hvp-eps", help="Finite-difference step r |v| (DARTS: "
+                                                  "0.01).")] = None,
+    ll_ood_weight: Annotated[float | None, typer.Option("--ll-ood-weight", help="Weight of the lower-level OoD "
+                                                        "loss (paper 1; the authors' code 1/K).")] = None,
+    search_augment: Annotated[bool | None, typer.Option("--search-augment/--no-search-augment", help="Crop + "
+                                                        "flip both halves during search (default: on except "
+                                                        "digits).")] = None,
+    search_cutout: Annotated[int | None, typer.Option("--search-cutout", help="Cutout side during search (0: "
+                                                      "off; the authors' command used 16).")] = None,
     ll_ood: Annotated[bool | None, typer.Option("--ll-ood/--no-ll-ood", help="OoD loss in the lower level.")] = None,
     ll_adv: Annotated[bool | None, typer.Option("--ll-adv/--no-ll-adv", help="FGSM adversarial training in the "
                                                 "lower level.")] = None,
@@ -145,6 +160,8 @@ def search(
         image_size=image_size, method=method, params_bound=params_bound, flops_bound=flops_bound,
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
         weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
+        mgda_update=mgda_update, hvp=hvp, hvp_eps=hvp_eps, ll_ood_weight=ll_ood_weight,
+        search_augment=search_augment, search_cutout=search_cutout,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
         max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None,
         derive=derive, params_floor=params_floor,

@@ -16,6 +16,9 @@ TestDataset = Annotated[str | None, typer.Option(
 OodWeight = Annotated[float | None, typer.Option("--ood-weight", help="Weight of the OoD loss KL(U || p).")]
 Lr = Annotated[float | None, typer.Option("--lr", help="Initial SGD learning rate (cosine schedule).")]
 MaxBatches = Annotated[int | None, typer.Option("--max-train-batches", help="Cap on batches per epoch (tests).")]
+ValFraction = Annotated[float | None, typer.Option(
+    "--val-fraction", help="Hold out this fraction for model selection (best validation epoch); 0 trains on all "
+    "training images and keeps the last epoch (the paper preset).")]
 
 
 def _run_name(ref: str) -> str:
@@ -44,7 +47,8 @@ def train(
     dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: opt.OodDataset = None,
     ood_weight: OodWeight = None, image_size: opt.ImageSize = None, data_dir: opt.DataDir = None,
     download: opt.Download = None, seed: opt.Seed = None, device: opt.Device = None, out: opt.Out = None,
-    resume: opt.Resume = False, max_train_batches: MaxBatches = None, json: opt.Json = False,
+    resume: opt.Resume = False, max_train_batches: MaxBatches = None, val_fraction: ValFraction = None,
+    json: opt.Json = False,
 ) -> None:
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
     from e2rnas.cli._config import build_config
@@ -60,7 +64,7 @@ def train(
                      test_dataset=test_dataset, ood_dataset=ood_dataset, ood_weight=ood_weight, image_size=image_size,
                      data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
                      device=opt.resolve_device(device) if device else None,
-                     max_train_batches=max_train_batches)
+                     max_train_batches=max_train_batches, val_fraction=val_fraction)
     cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides)
     opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
     summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
@@ -72,7 +76,7 @@ def train(
     print_table(f"Trained {genotype}", ["setting", "value"], [
         ["network", f"{cfg.layers} cells, C={cfg.C}, aux head {'on' if cfg.auxiliary else 'off'}"],
         ["data", f"{cfg.dataset} ({s['train']} train / {s['val']} val); OoD loss: {cfg.ood_dataset or 'off'}"],
-        ["epochs", f"{cfg.epochs}; best validation epoch {summary['best_epoch']}"],
+        ["epochs", f"{cfg.epochs}; selected: {summary['selection']}, epoch {summary['best_epoch']}"],
         ["best val acc (%)", "-" if summary["best_val_acc"] is None else f"{100 * summary['best_val_acc']:.2f}"],
         ["test acc (%)", f"{100 * summary['test_acc']:.2f} on {s['test']} images of {summary['test_dataset']}"],
         ["params (M, no aux)", f"{summary['params'] / 1e6:.4f}"],

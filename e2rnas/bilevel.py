@@ -4,8 +4,11 @@ Both levels are evaluated at (theta_t, alpha_t): the lower-level gradient g = gr
 is computed once and serves both the weight step (eq. 8, exactly) and the unrolled weights
 theta' = theta_t - xi * (momentum buffer + g + wd theta_t) of the second-order approximation (DARTS' unroll).
 Each objective's gradient is computed once, w.r.t. alpha and theta'; MGDA weighs the alpha-gradients; the
-second-order term is one Hessian-vector product, by central finite differences, for the weighted combination of the
-data objectives' theta'-gradients (it is linear in them). See ``docs/bilevel-step.md``.
+second-order term is one Hessian-vector product for the weighted combination of the data objectives'
+theta'-gradients (it is linear in them), by finite differences along that combination: ``hvp="central"`` is
+DARTS' two passes at theta +- r v (the paper preset), ``hvp="forward"`` one pass at theta + r v against the
+lower-level gradient the step computed anyway. They are different searches, not one search at two speeds
+(``docs/bilevel-step.md``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ class StepResult:
     macs_m: float
     latency_ms: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # objectives that sat out MGDA (alpha-gradient ~0)
+
+
+HVP_SCHEMES = ("central", "forward")
 
 
 class BilevelStep:
@@ -59,8 +66,9 @@ class BilevelStep:
                  cost_model: CostModel | None, w_optimizer: torch.optim.SGD, a_optimizer: torch.optim.Optimizer,
                  first_order: bool = False, ll_ood: bool = True, ll_adv: bool = False, eps: float = 2 / 255,
                  fgsm_step: float = 1.25, grad_clip: float = 5.0, params_bound_m: float | None = None,
-                 macs_bound_m: float | None = None, hvp_eps: float = 0.01, central_hvp: bool = False,
-                 latency_table=None, latency_bound_ms: float | None = None):
+                 macs_bound_m: float | None = None, hvp_eps: float = 0.01, hvp: str = "forward",
+                 ll_ood_weight: float = 1.0, a_grad_clip: float | None = None, latency_table=None,
+                 latency_bound_ms: float | None = None):
         self.model = model
         self.objectives = objectives
         self.weighting = weighting
@@ -78,7 +86,11 @@ class BilevelStep:
         self.hvp_eps = hvp_eps
         self.latency_table = latency_table
         self.latency_bound_ms = latency_bound_ms
-        self.central_hvp = central_hvp
+        if hvp not in HVP_SCHEMES:
+            raise ValueError(f"unknown Hessian-vector scheme {hvp!r}; choose from {', '.join(HVP_SCHEMES)}")
+        self.hvp = hvp
+        self.ll_ood_weight = ll_ood_weight
+        self.a_grad_clip = a_grad_clip
         self.weight_names = list(model.named_weight_parameters())
         self.weights = list(model.named_weight_parameters().values())
         self.alphas = model.arch_parameters()
@@ -99,7 +111,7 @@ class BilevelStep:
         """(L_lower, grad of L_lower w.r.t. ``wrt``), one term at a time so that only one graph is alive."""
         terms = [lambda: F.cross_entropy(forward(batch.x_train), batch.y_train)]
         if self.ll_ood and batch.x_ood_lower is not None:
-            terms.append(lambda: ood_kl_uniform(forward(batch.x_ood_lower)))
+            terms.append(lambda: self.ll_ood_weight * ood_kl_uniform(forward(batch.x_ood_lower)))
         if x_train_adv is not None:
             terms.append(lambda: F.cross_entropy(forward(x_train_adv), batch.y_train))
         total, grads = None, None
@@ -124,24 +136,26 @@ class BilevelStep:
 
     def _hvp(self, v: list[torch.Tensor], batch: StepBatch, x_train_adv: torch.Tensor | None,
              alpha_grad_t: list[torch.Tensor], rng: tuple) -> list[torch.Tensor]:
-        """grad_alpha grad_theta L_lower . v by finite differences along v (DARTS' eq. 8, r = eps / |v|).
+        """grad_alpha grad_theta L_lower . v by finite differences along v (DARTS' eq. 8, r = hvp_eps / |v|).
 
-        Forward differences reuse grad_alpha L_lower(theta_t), which the lower-level pass computed anyway, so the
-        product costs one more lower-level pass; ``central_hvp`` takes DARTS' two passes at theta +- r v instead.
-        Every pass replays the lower-level pass's random stream, so stochastic ops (P-DARTS' skip dropout) draw
-        the same masks and the difference sees only the change of theta.
+        ``central``: [g(theta + r v) - g(theta - r v)] / 2r, two lower-level passes (DARTS, the authors' code).
+        ``forward``: [g(theta + r v) - g(theta)] / r, one pass; g(theta) is a by-product of the lower-level pass.
+        At DARTS' r |v| = 0.01 the perturbation crosses ReLU/max-pool kinks, so the two differ by about their
+        own norm (docs/bilevel-step.md). Every pass replays the lower-level pass's random stream, so stochastic
+        ops (P-DARTS' skip dropout) draw the same masks and the difference sees only the change of theta.
         """
         norm = torch.sqrt(sum((t * t).sum() for t in v))
         if float(norm) == 0.0:
             return [torch.zeros_like(a) for a in self.alphas]
         r = self.hvp_eps / norm
-        signs = (1.0, -1.0) if self.central_hvp else (1.0,)
+        central = self.hvp == "central"
+        signs = (1.0, -1.0) if central else (1.0,)
         grads = []
         for sign in signs:
             theta = [p.detach() + sign * r * t for p, t in zip(self.weights, v, strict=True)]
             with _replay_rng(rng, self.alphas[0].device):
                 grads.append(self._lower_grads(self._forward(theta), batch, x_train_adv, self.alphas)[1])
-        if self.central_hvp:
+        if central:
             return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
         return [(gp - g0) / r for gp, g0 in zip(grads[0], alpha_grad_t, strict=True)]
 
@@ -157,7 +171,7 @@ class BilevelStep:
                                generator=generator)
         second_order = not self.first_order
         rng = _rng_snapshot(self.alphas[0].device)
-        wrt = self.weights + (self.alphas if second_order and not self.central_hvp else [])
+        wrt = self.weights + (self.alphas if second_order and self.hvp == "forward" else [])
         lower, grads = self._lower_grads(model, batch, x_train_adv, wrt)
         _check_finite({"lower": lower})
         g, alpha_grad_t = grads[:len(self.weights)], grads[len(self.weights):]
@@ -166,15 +180,16 @@ class BilevelStep:
         forward = self._forward(theta)
         names = [o.name for o in self.objectives]
         x_adv = None
-        if "adv" in names:
-            x_adv = fgsm(model, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
+        if "adv" in names:  # made at theta', where L_adv is evaluated (eq. 4 at the unrolled weights)
+            x_adv = fgsm(forward, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
                          generator=generator)
         params_m = macs_m = None
         if self.cost_model is not None:
-            params_m, macs_m = self.cost_model.expected_cost(*model.masked_alphas())
+            a_normal, a_reduce, keep = model.cost_inputs()
+            params_m, macs_m = self.cost_model.expected_cost(a_normal, a_reduce, keep)
         latency_ms = None
         if self.latency_table is not None:
-            latency_ms = self.latency_table.expected_ms(*model.masked_alphas())
+            latency_ms = self.latency_table.expected_ms(*model.cost_inputs())
         ctx = ObjectiveContext(forward=forward, x_val=batch.x_val, y_val=batch.y_val, x_adv=x_adv,
                                x_ood=batch.x_ood_upper, params_m=params_m, macs_m=macs_m,
                                params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m,
@@ -195,6 +210,7 @@ class BilevelStep:
         G = torch.stack(alpha_grads)
         loss_vec = torch.stack(losses)
         gamma, eff = self.weighting.weights(G, loss_vec, names)
+        dropped = [n for n, bad in zip(names, self.weighting.degenerate(G, loss_vec), strict=True) if bad]
         eff = eff.to(G.dtype)
         combined = (eff[:, None] * G).sum(0)
         if second_order and any(t is not None for t in theta_grads):
@@ -214,6 +230,7 @@ class BilevelStep:
             params_m=float(params_m.detach()) if params_m is not None else float("nan"),
             macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
             latency_ms=float(latency_ms.detach()) if latency_ms is not None else None,
+            dropped=dropped,
         )
         return g, combined, result
 
@@ -245,6 +262,8 @@ class BilevelStep:
         for a in self.alphas:
             a.grad = combined[offset:offset + a.numel()].view_as(a).to(a.dtype)
             offset += a.numel()
+        if self.a_grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.alphas, self.a_grad_clip)
         self.a_optimizer.step()
         self.w_optimizer.zero_grad(set_to_none=True)
         self.a_optimizer.zero_grad(set_to_none=True)

@@ -183,30 +183,36 @@ class CostModel:
                 total = total + self.op_cost(op, slot.C, stride, size)
         return total
 
-    def expected_cost(self, alpha_normal: torch.Tensor,
-                      alpha_reduce: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def expected_cost(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor,
+                      keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable (params_M, MACs_M) estimate under softmax weights (eqs. 5, 6, with kept-edge weights)."""
         fixed = torch.tensor([self.fixed.params, self.fixed.macs], dtype=torch.float64)
-        total = expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives)
+        total = expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives, keep=keep)
         return total[0] / 1e6, total[1] / 1e6
 
 
 def expected_from_tables(tables: dict[str, torch.Tensor], fixed: torch.Tensor, alpha_normal: torch.Tensor,
-                         alpha_reduce: torch.Tensor, primitives: tuple[str, ...]) -> torch.Tensor:
+                         alpha_reduce: torch.Tensor, primitives: tuple[str, ...],
+                         keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """fixed + sum over edges and non-``none`` ops of keep weight x softmax weight x table entry, per cell type.
 
     ``tables[kind]`` is ``[14, n_ops, *rest]`` (params/MACs: rest = (2,); latency: rest = ()); the result has shape
     ``rest``, in alpha's dtype and device. Shared by every additive cost (``CostModel``, ``LatencyTable``) so that
     the search estimates each of them the same way.
+
+    ``keep`` (normal, reduce), 14 each: the edges' keep weights; default 2 / in-degree (a uniform choice of two
+    inputs per node). PC-DARTS passes 2 x its edge-normalisation softmax, so that beta moves the estimate as it
+    moves the derived cell.
     """
-    keep = _edge_keep_weights().to(alpha_normal)
+    uniform = _edge_keep_weights().to(alpha_normal)
     allowed = [k for k, name in enumerate(primitives) if name != "none"]
     total = fixed.to(alpha_normal)
-    for alpha, kind in ((alpha_normal, "normal"), (alpha_reduce, "reduce")):
+    for i, (alpha, kind) in enumerate(((alpha_normal, "normal"), (alpha_reduce, "reduce"))):
         table = tables[kind][:, allowed].to(alpha)
         extra = (1,) * (table.dim() - 2)
         p = torch.softmax(alpha[:, allowed], dim=-1).reshape(*alpha[:, allowed].shape, *extra)
-        total = total + (keep.reshape(-1, 1, *extra) * p * table).sum(dim=(0, 1))
+        k = uniform if keep is None else keep[i].to(alpha)
+        total = total + (k.reshape(-1, 1, *extra) * p * table).sum(dim=(0, 1))
     return total
 
 

@@ -227,8 +227,12 @@ def normalization_for(spec: str, train: ImageSet) -> tuple[tuple[float, ...], tu
 
 
 def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4, flip: bool = True,
-            cutout: int = 0) -> torch.Tensor:
-    """Random crop with zero padding, horizontal flip and cutout on a float batch in [0, 1]."""
+            cutout: int = 0, cutout_fill: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Random crop with zero padding, horizontal flip and cutout on a float batch in [0, 1].
+
+    The crop pads with black pixels (DARTS pads the PIL image); the cutout hole is filled with ``cutout_fill``,
+    the per-channel mean that the network's input normalisation maps to 0: DARTS cuts out after normalising,
+    so its holes are zeros there, not black pixels (``None``: black)."""
     n, _, h, w = x.shape
     if pad:
         padded = F.pad(x, (pad, pad, pad, pad))
@@ -245,7 +249,8 @@ def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4, flip: 
         half = cutout // 2  # the DARTS cutout: a cutout x cutout square centred anywhere, clipped at the border
         y0, x0 = (cy - half).view(n, 1, 1), (cx - half).view(n, 1, 1)
         hole = (ys >= y0) & (ys < y0 + cutout) & (xs >= x0) & (xs < x0 + cutout)
-        x = x.masked_fill(hole.unsqueeze(1), 0.0)
+        fill = torch.zeros(3) if cutout_fill is None else torch.tensor(cutout_fill)
+        x = torch.where(hole.unsqueeze(1), fill.to(x).view(1, -1, 1, 1), x)
     return x
 
 

@@ -150,10 +150,11 @@ class LatencyTable:
                 total += self.op_ms(op, slot.C, stride, size)
         return total
 
-    def expected_ms(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor) -> torch.Tensor:
+    def expected_ms(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor,
+                    keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Differentiable latency estimate (ms) under softmax weights, exactly as ``CostModel.expected_cost``."""
         fixed = torch.tensor(self.fixed_ms, dtype=torch.float64)
-        return expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives)
+        return expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives, keep=keep)
 
     # -- file I/O ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

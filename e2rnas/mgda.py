@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import torch
 
 NORMALIZATIONS = ("none", "l2", "loss", "loss+l2")
+#: ``paper``: step along sum_k gamma_k g_k (eq. 10, the authors' code); ``normalized``: sum_k gamma_k g_k / n_k.
+MGDA_UPDATES = ("paper", "normalized")
+#: a normaliser (|g_k|, L_k) at or below this is "zero": the objective sits out that step's MGDA (docs/mgda.md)
+DEGENERATE = 1e-10
 
 
 def _min_norm_2(v11: float, v12: float, v22: float) -> float:
@@ -84,17 +88,22 @@ def normalizers(grads: torch.Tensor, losses: torch.Tensor, mode: str) -> torch.T
         raise ValueError(f"unknown gradient normalisation {mode!r}; choose from {', '.join(NORMALIZATIONS)}")
     eps = 1e-12
     norms = grads.detach().norm(dim=1).clamp_min(eps)
-    loss = losses.detach().abs().clamp_min(eps)
+    loss = losses.detach().abs().to(norms).clamp_min(eps)
     return {"none": torch.ones_like(norms), "l2": norms, "loss": loss, "loss+l2": loss * norms}[mode]
 
 
 @dataclass(frozen=True)
 class Weighting:
-    """How the K objective gradients are combined: ``mgda``, ``equal`` or ``fixed:w1,...,wK``."""
+    """How the K objective gradients are combined: ``mgda``, ``equal`` or ``fixed:w1,...,wK``.
+
+    ``update`` (MGDA only) says which vectors gamma multiplies: ``paper`` the raw gradients, ``normalized`` the
+    normalised ones that gamma was solved on.
+    """
 
     spec: str = "mgda"
     normalization: str = "l2"
     max_iter: int = 1000
+    update: str = "normalized"
 
     def __post_init__(self) -> None:
         kind = self.spec.split(":", 1)[0]
@@ -105,6 +114,8 @@ class Weighting:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown gradient normalisation {self.normalization!r}; choose from "
                              f"{', '.join(NORMALIZATIONS)}")
+        if self.update not in MGDA_UPDATES:
+            raise ValueError(f"unknown MGDA update {self.update!r}; choose from {', '.join(MGDA_UPDATES)}")
 
     def fixed_weights(self) -> list[float]:
         try:
@@ -119,8 +130,10 @@ class Weighting:
                                                                                                   torch.Tensor]:
         """(gamma, effective): gamma on the simplex, and the per-objective multipliers of the raw gradients.
 
-        For MGDA, gamma is the min-norm point of the *normalised* gradients g_k / n_k, and the update is
-        sum_k gamma_k g_k / n_k, a common descent direction for every objective; effective = gamma / n.
+        For MGDA, gamma is the min-norm point of the *normalised* gradients g_k / n_k. The ``normalized`` update is
+        sum_k gamma_k g_k / n_k, a common descent direction for every objective (effective = gamma / n); the
+        ``paper`` update is sum_k gamma_k g_k (effective = gamma), eq. (10) as the authors' code runs it.
+        An objective whose normaliser is ~0 (``degenerate``) gets gamma = 0 instead of a 1e12 multiplier.
         """
         K = grads.shape[0]
         kind = self.spec.split(":", 1)[0]
@@ -134,5 +147,20 @@ class Weighting:
             gamma = torch.tensor(values) / sum(values)
             return gamma, gamma
         n = normalizers(grads, losses, self.normalization).to(grads.dtype)
-        gamma = min_norm_weights(grads / n[:, None], max_iter=self.max_iter)
-        return gamma, gamma / n
+        live = ~self.degenerate(grads, losses)
+        gamma = torch.zeros(K, dtype=grads.dtype)
+        if bool(live.any()):
+            gamma[live] = min_norm_weights(grads[live] / n[live, None], max_iter=self.max_iter)
+        return gamma, (gamma if self.update == "paper" else gamma / n)
+
+    def degenerate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """(K,) bool: objectives whose MGDA normaliser is ~0 (a flat gradient, or a zero loss under ``loss``).
+
+        Dividing by such a normaliser would scale noise by up to 1e12 and hand it the whole step; the objective
+        sits out this step's MGDA instead (gamma 0) and the step record lists it."""
+        if self.spec.split(":", 1)[0] != "mgda":
+            return torch.zeros(grads.shape[0], dtype=torch.bool)
+        bad = grads.detach().norm(dim=1) <= DEGENERATE
+        if "loss" in self.normalization:
+            bad |= losses.detach().abs().to(bad.device) <= DEGENERATE
+        return bad

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from typing import Any
 import torch
 
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
-from e2rnas.bilevel import BilevelStep, StepBatch, StepResult
+from e2rnas.bilevel import HVP_SCHEMES, BilevelStep, StepBatch, StepResult
 from e2rnas.cost import CostModel, DeployShape
-from e2rnas.data import ImageSet, batches, cycle, load_dataset, normalization_for, split_indices
+from e2rnas.data import ImageSet, augment, batches, cycle, load_dataset, normalization_for, split_indices
 from e2rnas.derive import (
     DERIVE_RULES,
     Derivation,
@@ -68,9 +69,18 @@ class SearchConfig:
     weighting: str = "mgda"
     normalization: str = "l2"
     mgda_max_iter: int = 1000
-    first_order: bool = False
+    mgda_update: str = "normalized"  # "paper": alpha steps along sum gamma_k g_k (eq. 10); docs/mgda.md
+    # None: by method (second order for darts, first order for pc-darts and p-darts, as those papers search)
+    first_order: bool | None = None
+    hvp: str = "forward"  # second-order term by "central" (DARTS, the paper preset) or "forward" differences
+    hvp_eps: float = 0.01  # r = hvp_eps / |v| (DARTS' 0.01)
+    a_grad_clip: float | None = None  # clip the alpha gradient's norm before Adam (P-DARTS: 5)
     ll_ood: bool = True
+    ll_ood_weight: float = 1.0  # weight of KL(U || softmax) in L_lower: the paper's 1 (the authors' code ran 1/K)
     ll_adv: bool = False
+    # search-time augmentation of both halves (crop pad 4 + flip, as DARTS): None = on except for the digits set
+    search_augment: bool | None = None
+    search_cutout: int = 0  # cutout side during search (0: off; the authors' command used 16)
     eps: float = 2 / 255
     fgsm_step: float = 1.25
     params_bound: float = 2.5  # L, M params of the deploy network
@@ -89,6 +99,9 @@ class SearchConfig:
     pdarts_keep: tuple[int, ...] = (8, 5, 3)
     pdarts_skip_dropout: tuple[float, ...] = (0.0, 0.3, 0.6)
     pdarts_max_skips: int = 2
+    pdarts_dropout_decay: bool = False  # P-DARTS: skip dropout p (1 - e / E) over a stage's E epochs
+    pdarts_keep_none: bool = False  # P-DARTS: `none` competes for the kept places until the last stage
+    pdarts_warmup_epochs: int = 0  # P-DARTS: the first epochs of every stage train the weights only
     warmup_epochs: int = 0  # first epochs train the weights only (alphas frozen): cheap, and alphas then see a
     # trained supernet instead of ranking untrained ops
     # Derivation of the handed-over genotype: "budget" (exact optimum under the bounds) or "darts" (top-2 rule).
@@ -114,6 +127,16 @@ class SearchConfig:
             raise ValueError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.first_order is None:
+            object.__setattr__(self, "first_order", self.method != "darts")
+        if self.hvp not in HVP_SCHEMES:
+            raise ValueError(f"unknown hvp scheme {self.hvp!r}; choose from {', '.join(HVP_SCHEMES)}")
+        if not 0 < self.hvp_eps < 1:
+            raise ValueError(f"hvp_eps must be in (0, 1), got {self.hvp_eps}")
+        if self.ll_ood_weight < 0 or self.search_cutout < 0:
+            raise ValueError("ll_ood_weight and search_cutout must be >= 0")
+        if self.a_grad_clip is not None and self.a_grad_clip <= 0:
+            raise ValueError(f"a_grad_clip must be positive (or unset), got {self.a_grad_clip}")
         if not 0 < self.train_portion < 1:
             raise ValueError(f"train_portion must be in (0, 1), got {self.train_portion}")
         if self.epochs < 1 or self.batch_size < 1 or self.layers < 3 or self.C < 1:
@@ -123,13 +146,10 @@ class SearchConfig:
         if self.ood_dataset is None and ("ood" in self.objectives or self.ll_ood):
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
-        Weighting(self.weighting, self.normalization, self.mgda_max_iter)
+        Weighting(self.weighting, self.normalization, self.mgda_max_iter, self.mgda_update)
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 (or unset for whole epochs), got "
                              f"{self.max_steps_per_epoch}")
-        if not 0 <= self.warmup_epochs < self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs} epochs "
-                             f"(set --warmup-epochs)")
         if self.derive not in DERIVE_RULES:
             raise ValueError(f"unknown derive rule {self.derive!r}; choose from {', '.join(DERIVE_RULES)}")
         for name in ("max_normal_skips", "max_normal_free_ops"):
@@ -158,6 +178,16 @@ class SearchConfig:
                                  "and at least one epoch per stage")
             if min(self.pdarts_layers) < 3 or not all(1 <= k <= 8 for k in self.pdarts_keep):
                 raise ValueError("pdarts_layers must be >= 3 cells and pdarts_keep between 1 and 8 ops")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs} epochs "
+                             f"(set --warmup-epochs)")
+        if self.method == "p-darts" and not 0 <= self.pdarts_warmup_epochs < min(stage_epochs(self)):
+            raise ValueError(f"pdarts_warmup_epochs must be in [0, epochs of a stage), got "
+                             f"{self.pdarts_warmup_epochs} of {min(stage_epochs(self))}")
+        if self.search_augment is None:
+            object.__setattr__(self, "search_augment", self.dataset != "digits")
+        if self.search_cutout and not self.search_augment:
+            raise ValueError("search_cutout needs search-time augmentation (--search-augment)")
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -252,7 +282,7 @@ class SearchRun:
         if masks is not None:
             self.model.set_masks(*masks)
         if cfg.method == "p-darts":
-            self.model.set_skip_dropout(cfg.pdarts_skip_dropout[stage])
+            self.model.set_skip_dropout(skip_dropout(cfg, stage, 0, self.stage_epochs[stage]))
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay)
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
@@ -261,10 +291,11 @@ class SearchRun:
                                                                 eta_min=cfg.w_lr_min)
         self.step_fn = BilevelStep(
             self.model, objectives=make_objectives(cfg.objectives),
-            weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter), cost_model=self.cost_model,
-            w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
+            weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter, cfg.mgda_update),
+            cost_model=self.cost_model, w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
             grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound,
+            hvp=cfg.hvp, hvp_eps=cfg.hvp_eps, ll_ood_weight=cfg.ll_ood_weight, a_grad_clip=cfg.a_grad_clip,
             latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms)
 
     def next_stage_if_due(self) -> bool:
@@ -272,8 +303,8 @@ class SearchRun:
         if self.stage + 1 >= len(self.stage_epochs) or self.epoch != sum(self.stage_epochs[:self.stage + 1]):
             return False
         keep = self.cfg.pdarts_keep[self.stage + 1]
-        masks = tuple(prune_mask(self.model.edge_strengths(red).detach(), self.model.primitives, keep)
-                      for red in (False, True))
+        masks = tuple(prune_mask(self.model.edge_strengths(red).detach(), self.model.primitives, keep,
+                                 keep_none=self.cfg.pdarts_keep_none) for red in (False, True))
         self.build_stage(self.stage + 1, masks)
         return True
 
@@ -353,12 +384,15 @@ class SearchRun:
         train = batches(d.train, cfg.batch_size, shuffle=True, generator=self.data_gen, drop_last=True)
         val = cycle_labeled(d.val, cfg.batch_size, self.data_gen)
         ood = cycle(d.ood, cfg.batch_size, generator=self.data_gen) if d.ood is not None else None
+        aug = dict(generator=self.data_gen, pad=4, flip=True, cutout=cfg.search_cutout, cutout_fill=d.mean)
         for k, (x_tr, y_tr) in enumerate(train):
             if cfg.max_steps_per_epoch is not None and k >= cfg.max_steps_per_epoch:
                 return
             x_val, y_val = next(val)
             x_ood_lower = next(ood) if ood is not None else None
             x_ood_upper = next(ood) if ood is not None else None
+            if cfg.search_augment:  # both halves, as DARTS' search loader; the OoD stream stays raw (authors)
+                x_tr, x_val = augment(x_tr, **aug), augment(x_val, **aug)
             if k < self.step_in_epoch:
                 continue
             to = self.device
@@ -391,16 +425,31 @@ def stage_epochs(cfg: SearchConfig) -> list[int]:
     return [cfg.epochs // n] * (n - 1) + [cfg.epochs - (cfg.epochs // n) * (n - 1)]
 
 
-def prune_mask(strengths: torch.Tensor, primitives: tuple[str, ...], keep: int) -> torch.Tensor:
-    """Per edge, the ``keep`` strongest non-``none`` ops (``none`` is dropped after the first stage)."""
+def prune_mask(strengths: torch.Tensor, primitives: tuple[str, ...], keep: int, *,
+               keep_none: bool = False) -> torch.Tensor:
+    """Per edge, the ``keep`` strongest ops; ``none`` is dropped at the first prune unless ``keep_none``.
+
+    ``keep_none`` (P-DARTS' ``get_min_k``): ``none`` competes for the ``keep`` places like any other op until the
+    last stage; P-DARTS removes it only for the final cell, which the derivation rules do anyway."""
     w = strengths.clone()
-    if "none" in primitives:
+    if "none" in primitives and not keep_none:
         w[:, primitives.index("none")] = float("-inf")
     w[w <= 0] = float("-inf")  # already pruned
     top = w.topk(keep, dim=1).indices
     mask = torch.zeros_like(w, dtype=torch.bool)
     mask.scatter_(1, top, True)
     return mask & torch.isfinite(w)
+
+
+def skip_dropout(cfg: SearchConfig, stage: int, epoch_in_stage: int, stage_len: int) -> float:
+    """P-DARTS' skip dropout for an epoch of a stage: fixed, or (``pdarts_dropout_decay``) P-DARTS' schedule,
+    p (E - e - 1) / E during the stage's warm-up epochs and p exp(-0.2 (e - warm-up)) after them."""
+    p = cfg.pdarts_skip_dropout[stage]
+    if not cfg.pdarts_dropout_decay:
+        return p
+    if epoch_in_stage < cfg.pdarts_warmup_epochs:
+        return p * (stage_len - epoch_in_stage - 1) / stage_len
+    return p * math.exp(-0.2 * (epoch_in_stage - cfg.pdarts_warmup_epochs))
 
 
 def cycle_labeled(data: ImageSet, batch_size: int, generator: torch.Generator):
@@ -415,6 +464,8 @@ def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
            "gammas": res.gammas, "effective_weights": res.effective, "expected_params_m": res.params_m,
            "expected_macs_m": res.macs_m, "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
            "lr": run.sched.get_last_lr()[0], "genotype": g.to_dict()}
+    if res.dropped:
+        rec["dropped_from_mgda"] = res.dropped
     if run.latency_table is not None:
         rec |= {"expected_latency_ms": res.latency_ms, "table_latency_ms": float(run.latency_table.genotype_ms(g))}
     return rec
@@ -476,8 +527,13 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
         while run.epoch < config.epochs:
             t0 = time.time()
             lr = run.sched.get_last_lr()[0]
+            in_stage = run.epoch - sum(run.stage_epochs[:run.stage])
+            if config.method == "p-darts":
+                run.model.set_skip_dropout(skip_dropout(config, run.stage, in_stage, run.stage_epochs[run.stage]))
             for batch in run.epoch_batches():
-                if run.epoch < config.warmup_epochs:
+                warm = run.epoch < config.warmup_epochs or (config.method == "p-darts"
+                                                             and in_stage < config.pdarts_warmup_epochs)
+                if warm:
                     res = run.step_fn.weight_step(batch, generator=run.attack_gen)
                 else:
                     res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
@@ -493,7 +549,7 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
             genotype = run.genotype()
             exact = run.cost_model.genotype_cost(genotype)
             with torch.no_grad():
-                n_est, f_est = run.cost_model.expected_cost(*run.model.masked_alphas())
+                n_est, f_est = run.cost_model.expected_cost(*run.model.cost_inputs())
             epoch_rec = {"type": "epoch", "epoch": run.epoch, "val_accuracy": run.val_accuracy(),
                          "expected_params_m": float(n_est), "expected_macs_m": float(f_est),
                          "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
@@ -522,7 +578,7 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
     genotype.save(out_dir / "genotype.json")
     exact = run.cost_model.genotype_cost(genotype)
     with torch.no_grad():
-        n_est, f_est = run.cost_model.expected_cost(*run.model.masked_alphas())
+        n_est, f_est = run.cost_model.expected_cost(*run.model.cost_inputs())
     warnings = search_warnings(genotype, weights=run.op_weights())
     summary = {
         "params_bound_m": cfg.params_bound, "flops_bound_m": cfg.flops_bound, "flops_unit": "MACs",
@@ -539,7 +595,7 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
     }
     if run.latency_table is not None:
         with torch.no_grad():
-            lat_est = float(run.latency_table.expected_ms(*run.model.masked_alphas()))
+            lat_est = float(run.latency_table.expected_ms(*run.model.cost_inputs()))
         summary |= {"latency_bound_ms": run.latency_bound_ms, "latency_bound_fraction": cfg.latency_bound_fraction,
                     "expected_latency_ms": lat_est,
                     "table_latency_ms": float(run.latency_table.genotype_ms(genotype)),

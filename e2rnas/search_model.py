@@ -49,7 +49,7 @@ class MixedOp(nn.Module):
             if mask is not None and not bool(mask[k]):
                 continue  # pruned (P-DARTS): weight 0, never run
             h = self.ops[k](x)
-            if k == self.skip and self.skip_dropout > 0:
+            if k == self.skip and self.stride == 1 and self.skip_dropout > 0:  # the identity only (P-DARTS)
                 h = F.dropout(h, self.skip_dropout, self.training)
             out = out + weights[k] * h
         return out
@@ -187,6 +187,14 @@ class SearchNetwork(nn.Module):
             w, e, m = (w_reduce, e_reduce, m_reduce) if cell.reduction else (w_normal, e_normal, m_normal)
             s0, s1 = s1, cell(s0, s1, w, e, m)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def cost_inputs(self) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """(alpha_normal, alpha_reduce, keep) for the cost estimates: masked alphas and, for PC-DARTS, the edges'
+        keep weights 2 x softmax(beta) per node (None: the uniform 2 / in-degree)."""
+        a_normal, a_reduce = self.masked_alphas()
+        if self.partial_channels == 1:
+            return a_normal, a_reduce, None
+        return a_normal, a_reduce, (2 * self._edge_weights(False), 2 * self._edge_weights(True))
 
     def edge_strengths(self, reduction: bool) -> torch.Tensor:
         """Op weights per edge (14 x n_ops), scaled by the PC-DARTS edge weights where present."""

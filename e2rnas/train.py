@@ -328,7 +328,7 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
     lr = optimizer.param_groups[0]["lr"]
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
-    aug = dict(generator=gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout)
+    aug = dict(generator=gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout, cutout_fill=data.mean)
     for step, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=gen, drop_last=True)):
         if cfg.max_train_batches and step >= cfg.max_train_batches:
             break

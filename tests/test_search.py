@@ -79,7 +79,7 @@ def test_second_order_gradient_matches_finite_differences_of_the_unrolled_object
     """d/d alpha of L_val(theta - xi grad_theta L_tr(theta, alpha), alpha), checked along random directions."""
     model, step, batch = _setup(objectives=("val",), dtype=torch.float64, weighting="equal", wd=0.0, momentum=0.0,
                                 ll_ood=False, hvp_eps=1e-6, n=8)
-    step.central_hvp = central
+    step.hvp = "central" if central else "forward"
     xi = 0.025
     _, combined, _ = step.gradients(batch, lr=xi)
     names = list(model.named_weight_parameters())
@@ -210,7 +210,7 @@ def test_hessian_vector_product_replays_the_dropout_masks():
     model.set_skip_dropout(0.5)
     out = []
     for central in (False, True):
-        step.central_hvp = central
+        step.hvp = "central" if central else "forward"
         torch.manual_seed(3)
         out.append(step.gradients(batch, lr=0.025)[1])
     assert torch.allclose(out[0], out[1], rtol=1e-4, atol=1e-8)
