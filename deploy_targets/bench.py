@@ -265,14 +265,14 @@ def as_predictor(runner: Any) -> Any:
 
 def _measure_remote(path: Path, *, target: Target, batch_sizes: Sequence[int], warmup: int, runs: int | None,
                     duration: float | None, threads: int | None, facts: dict[str, Any], ssh: Any) -> dict[str, Any]:
-    from e2rnas.deploy_targets.remote import run_remote
+    from e2rnas.deploy_targets.remote import artifact_plan, remote_backend, run_remote
 
     if ssh is None:
         raise E2RNASError(f"target {target.name} is reached over SSH: pass --host user@address")
     shape = facts.get("input_shape")
     if shape is None:
         raise E2RNASError(f"{path.name}: input shape unknown (no ONNX beside the engine); keep the export's .json")
-    backend = "auto" if "tensorrt" in target.backends else "onnxruntime"
+    backend = remote_backend(target.backends, artifact_plan(path), path.name)
     res = run_remote(path, ssh_config=ssh, batch_sizes=batch_sizes, warmup=warmup, runs=runs, duration=duration,
                      backend=backend, providers=target.ort_providers, threads=threads, precision=target.precision,
                      workspace_mb=target.workspace_mb, cuda_graph=target.cuda_graph,
@@ -280,13 +280,26 @@ def _measure_remote(path: Path, *, target: Target, batch_sizes: Sequence[int], w
     latency: dict[str, Any] = {str(r["batch"]): r for r in res.get("results", [])}
     latency.update({b: {"skipped": reason} for b, reason in (res.get("errors") or {}).items()})
     device = res.get("device") or {}
-    warnings = []
+    warnings = [res["precision_note"]] if res.get("precision_note") else []
     if target.power_mode and device.get("power_mode") and device["power_mode"] != target.power_mode:
         warnings.append(f"device power mode {device['power_mode']} differs from the profile's {target.power_mode}")
-    return {"latency": latency, "runner": {"runner": res.get("backend"), "providers": res.get("providers"),
-                                          "tensorrt": res.get("tensorrt")},
-            "remote": {k: res.get(k) for k in ("host", "port", "remote_dir", "remote_dir_removed", "device", "power",
-                                                "artifact")}, "warnings": warnings}
+    out = {"latency": latency, "runner": {"runner": res.get("backend"), "providers": res.get("providers"),
+                                         "tensorrt": res.get("tensorrt")},
+           "environment": remote_environment(device),
+           "remote": {k: res.get(k) for k in ("host", "port", "remote_dir", "remote_dir_removed", "device",
+                                               "artifact")}, "warnings": warnings}
+    if res.get("built_precision") and path.suffix == ".onnx":  # compiled to TensorRT on the device
+        out.update(format=f"tensorrt-{res['built_precision']}", compiled_from=path.name,
+                   built_precision=res["built_precision"])
+    return out
+
+
+def remote_environment(device: dict[str, Any]) -> dict[str, Any]:
+    """The device's own environment (what the row's numbers came from), in the names ``environment()`` uses."""
+    keys = ("hostname", "model", "machine", "cpu", "cpu_count", "l4t", "jetpack", "tensorrt", "cuda", "gpu",
+            "gpu_uuid", "compute_capability", "driver", "python", "numpy", "onnxruntime", "power_mode",
+            "power_mode_id")
+    return {"where": "remote device", **{k: device.get(k) for k in keys if device.get(k) is not None}}
 
 
 def bench(artifacts: Sequence[str | Path], *, target: Target, batch_sizes: Sequence[int] = (1,),
@@ -332,8 +345,13 @@ def bench(artifacts: Sequence[str | Path], *, target: Target, batch_sizes: Seque
             on_row(row)
     local_cpu = target.device == "cpu" and not target.remote
     notes = int8_notes(rows, export_summaries(paths), where=target.name, cpu=cpu_features() if local_cpu else None)
+    env = environment(threads=threads)
+    if target.remote:  # the numbers came from the device: its environment first, this host's kept apart
+        device_env = next((r["environment"] for r in rows if r.get("environment")), {"where": "remote device "
+                                                                                      "(unreachable)"})
+        env = {**device_env, "host": env}
     return {"format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "target": target.as_dict(),
-            "environment": environment(threads=threads), "settings": {
+            "environment": env, "settings": {
                 "batch_sizes": list(batch_sizes), "metrics": list(metrics), "warmup": warmup, "runs": runs,
                 "duration": duration, "threads": threads, "max_samples": max_samples, "seed": seed,
                 "host": getattr(ssh, "host", None)},

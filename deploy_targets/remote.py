@@ -22,7 +22,10 @@ from e2rnas.errors import E2RNASError
 
 RUNNER_SCRIPT = Path(__file__).with_name("remote_runner.py")
 REMOTE_SUFFIXES = (".onnx", ".engine", ".plan")
-_HOST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?(?:[A-Za-z0-9][A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])$")
+# user@address: a host name or ssh-config alias (letters, digits, '.', '-', '_'; no leading '-'), an IPv4 address,
+# or an IPv6 address bare (::1) or in brackets ([::1]), with an optional %zone
+_HOST = re.compile(r"^(?:(?P<user>[A-Za-z0-9._][A-Za-z0-9._-]*)@)?"
+                   r"(?:(?P<name>[A-Za-z0-9_][A-Za-z0-9._-]*)|\[?(?P<ipv6>[0-9A-Fa-f]*:[0-9A-Fa-f:.]*(?:%[A-Za-z0-9_.-]+)?)\]?)$")
 _REMOTE_DIR = re.compile(r"^/[A-Za-z0-9._/-]*e2rnas\.[A-Za-z0-9]+$")
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9._/~+-]+$")
 
@@ -43,8 +46,10 @@ class SshConfig:
     connect_timeout: int = 10
 
     def __post_init__(self) -> None:
-        if not _HOST.match(self.host):
-            raise RemoteError(f"bad --host {self.host!r}: use user@address (letters, digits, '.', '-', or [IPv6])")
+        m = _HOST.match(self.host)
+        if not m or (m.group("ipv6") and self.host.count("[") != self.host.count("]")):
+            raise RemoteError(f"bad --host {self.host!r}: use user@address (a name or ssh-config alias of letters, "
+                              "digits, '.', '-', '_'; an IPv4 address; or an IPv6 address such as ::1)")
         if not 0 < self.port < 65536:
             raise RemoteError(f"bad --port {self.port}: use 1-65535")
         for name, path in (("--identity", self.identity), ("--known-hosts", self.known_hosts)):
@@ -59,6 +64,23 @@ class SshConfig:
     @property
     def where(self) -> str:
         return f"{self.host} port {self.port}"
+
+    def _parts(self) -> tuple[str, str, bool]:
+        m = _HOST.match(self.host)
+        assert m is not None  # checked in __post_init__
+        user = f"{m.group('user')}@" if m.group("user") else ""
+        return user, m.group("ipv6") or m.group("name"), bool(m.group("ipv6"))
+
+    @property
+    def ssh_destination(self) -> str:
+        """What ssh takes: the bare address (``user@::1``); ssh does not strip brackets."""
+        user, address, _ = self._parts()
+        return user + address
+
+    def scp_destination(self, path: str) -> str:
+        """What scp takes: an IPv6 address in brackets (``user@[::1]:path``), else ``user@host:path``."""
+        user, address, ipv6 = self._parts()
+        return f"{user}[{address}]:{path}" if ipv6 else f"{user}{address}:{path}"
 
     def options(self) -> list[str]:
         """Options shared by ssh and scp (scp takes the port as -P, added by the callers)."""
@@ -91,14 +113,14 @@ def _hint(reason: str) -> str:
 
 def ssh(cfg: SshConfig, argv: Sequence[str], *, timeout: float, what: str) -> subprocess.CompletedProcess[str]:
     """Run a fixed argv on the device; its parts are quoted, so input never becomes remote shell syntax."""
-    cmd = ["ssh", *cfg.options(), "-p", str(cfg.port), "--", cfg.host, shlex.join(argv)]
+    cmd = ["ssh", *cfg.options(), "-p", str(cfg.port), "--", cfg.ssh_destination, shlex.join(argv)]
     return _run(cmd, cfg, timeout=timeout, what=what)
 
 
 def scp(cfg: SshConfig, local: Path, remote_path: str, *, timeout: float) -> None:
     # An absolute local path: "name:with:colons" would otherwise be read as a remote host.
     cmd = ["scp", "-q", *cfg.options(), "-P", str(cfg.port), "--", str(Path(local).resolve()),
-           f"{cfg.host}:{remote_path}"]
+           cfg.scp_destination(remote_path)]
     _run(cmd, cfg, timeout=timeout, what=f"copying {Path(local).name}")
 
 
@@ -134,6 +156,47 @@ def remove_remote_dir(cfg: SshConfig, path: str) -> bool:
     return proc.returncode == 0
 
 
+def artifact_plan(artifact: Path) -> dict[str, Any]:
+    """What the device runner needs to know about the artifact, read here on the host: for ONNX the input dims
+    (-1: dynamic), the precision the graph carries and its quantisation; for an engine the export's sidecar
+    (static batch or profile)."""
+    if artifact.suffix == ".onnx":
+        from e2rnas.export.graph_facts import graph_facts
+
+        try:
+            return graph_facts(artifact)
+        except Exception:  # onnx raises DecodeError and friends: the device's runtime gives the reason
+            return {"dims": None, "precision": "fp32", "quantization": None, "unreadable": True}
+    plan: dict[str, Any] = {"dims": None, "precision": None, "quantization": None, "profile_max": None}
+    sidecar = artifact.with_suffix(".json")
+    try:
+        record = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    except json.JSONDecodeError:
+        record = {}
+    if record.get("static_batch"):
+        plan["dims"] = [int(record["static_batch"])]
+    elif isinstance(record.get("profile"), dict):
+        plan["dims"], plan["profile_max"] = [-1], int(record["profile"]["max"])
+    plan["precision"] = record.get("precision")
+    return plan
+
+
+def remote_backend(target_backends: Sequence[str], plan: dict[str, Any], name: str) -> str:
+    """The runner backend for an artifact on a remote target: ``auto`` (trtexec, else the TensorRT Python API,
+    else ONNX Runtime) when the target has TensorRT, else ONNX Runtime. ONNX Runtime's asymmetric QDQ int8 file
+    never goes to TensorRT (its parser rejects it): it runs on ONNX Runtime, or is refused in one line."""
+    from e2rnas.export.graph_facts import tensorrt_problem
+
+    if "tensorrt" not in target_backends:
+        return "onnxruntime"
+    problem = tensorrt_problem(plan, name)
+    if problem is None:
+        return "auto"
+    if "onnxruntime" in target_backends:
+        return "onnxruntime"
+    raise RemoteError(problem)
+
+
 def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequence[int] = (1,), warmup: int = 10,
                runs: int | None = None, duration: float | None = None, backend: str = "auto",
                providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
@@ -149,6 +212,13 @@ def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequ
                           "export it first (e2rnas export --onnx)")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", input_name):
         raise RemoteError(f"unusual input name {input_name!r}")
+    plan = artifact_plan(artifact)
+    if backend in ("tensorrt", "trtexec"):
+        from e2rnas.export.graph_facts import tensorrt_problem
+
+        problem = tensorrt_problem(plan, artifact.name)
+        if problem:
+            raise RemoteError(problem)
     remote_dir = make_remote_dir(ssh_config)
     removed = False
     try:
@@ -164,6 +234,10 @@ def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequ
         argv += ["--threads", str(int(threads))] if threads else []
         argv += ["--workspace-mb", str(int(workspace_mb))] if workspace_mb else []
         argv += ["--cuda-graph"] if cuda_graph else []
+        # "=": a dims string starting with -1 (dynamic batch) would otherwise read as an option
+        argv += ["--input-dims=" + "x".join(str(int(d)) for d in plan["dims"])] if plan.get("dims") else []
+        argv += ["--graph-precision", plan["precision"]] if artifact.suffix == ".onnx" else []
+        argv += ["--profile-max", str(int(plan["profile_max"]))] if plan.get("profile_max") else []
         proc = ssh(ssh_config, argv, timeout=timeout, what="running the benchmark")
         result = _parse_runner_output(proc, ssh_config)
     finally:

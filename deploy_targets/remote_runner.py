@@ -49,21 +49,24 @@ def summarize(times_ms, batch, timer):
 
 
 def timing_loop(run, warmup, runs, duration, timed=None):
+    """(times in ms, tegrastats power): power is sampled only inside the timed window, after the warm-up."""
     for _ in range(warmup):
         run()
     times = []
-    start = time.perf_counter()
-    while True:
-        if timed is not None:
-            times.append(timed())
-        else:
-            t0 = time.perf_counter_ns()
-            run()
-            times.append((time.perf_counter_ns() - t0) / 1e6)
-        if runs is not None and len(times) >= runs:
-            return times
-        if duration is not None and time.perf_counter() - start >= duration and len(times) >= 5:
-            return times
+    with PowerSampler() as power:
+        start = time.perf_counter()
+        while True:
+            if timed is not None:
+                times.append(timed())
+            else:
+                t0 = time.perf_counter_ns()
+                run()
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+            if runs is not None and len(times) >= runs:
+                break
+            if duration is not None and time.perf_counter() - start >= duration and len(times) >= 5:
+                break
+    return times, power.result()
 
 
 # ------------------------------------------------------------------------------------------------ facts
@@ -87,12 +90,57 @@ def _cmd(argv, timeout=10):
 
 
 def _tensorrt_version():
+    """The device's TensorRT: the Python package, else the Debian packages (JetPack ships trtexec in
+    libnvinfer-bin), else the version trtexec prints in its banner."""
     try:
         import tensorrt
 
         return tensorrt.__version__
     except Exception:
-        return _cmd(["dpkg-query", "-W", "-f=${Version}", "tensorrt"])
+        pass
+    for pkg in ("tensorrt", "libnvinfer-bin", "libnvinfer10", "libnvinfer8"):
+        version = _cmd(["dpkg-query", "-W", "-f=${Version}", pkg])
+        if version:
+            return version.split("-")[0].split("+")[0]
+    exe = find_trtexec()
+    if exe:
+        try:
+            out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
+            return parse_trt_version(out.stdout + out.stderr)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    return None
+
+
+def parse_trt_version(text):
+    """TensorRT's version from trtexec output: "TensorRT version: 10.3.0", or the banner's "[TensorRT v100300]"
+    (NV_TENSORRT_VERSION: major*10000+minor*100+patch since 10.0, major*1000+minor*100+patch in 8.x)."""
+    m = re.search(r"TensorRT version:\s*(\d+\.\d+\.\d+)", text or "")
+    if m:
+        return m.group(1)
+    m = re.search(r"\[TensorRT v(\d+)\]", text or "")
+    if not m:
+        return None
+    n = int(m.group(1))
+    if n >= 100000:
+        return f"{n // 10000}.{n // 100 % 100}.{n % 100}"
+    return f"{n // 1000}.{n // 100 % 10}.{n % 100}"
+
+
+def trt_major_minor(version):
+    m = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def _gpu_facts():
+    """GPU name, driver and compute capability from nvidia-smi (discrete GPUs; Jetsons have none: their
+    device-tree model names the module)."""
+    out = _cmd(["nvidia-smi", "--query-gpu=name,driver_version,compute_cap,uuid", "--format=csv,noheader"])
+    if not out:
+        return {}
+    parts = [p.strip() for p in out.splitlines()[0].split(",")]
+    keys = ("gpu", "driver", "compute_capability", "gpu_uuid")
+    return {keys[i]: parts[i] for i in range(min(len(keys), len(parts))) if parts[i]}  # no zip(strict=): 3.8
 
 
 def device_facts():
@@ -108,6 +156,10 @@ def device_facts():
         facts["l4t"] = f"{m.group(1)}.{m.group(2)}" if m else tegra.splitlines()[0]
     facts["jetpack"] = _cmd(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
     facts["tensorrt"] = _tensorrt_version()
+    facts.update(_gpu_facts())
+    nvcc = _cmd(["nvcc", "--version"]) or _cmd(["/usr/local/cuda/bin/nvcc", "--version"])
+    m = re.search(r"release ([\d.]+)", nvcc or "")
+    facts["cuda"] = m.group(1) if m else None
     try:
         import onnxruntime
 
@@ -194,9 +246,98 @@ def run_onnxruntime(args, batches):
             continue
         x = np.random.default_rng(0).random((b, *chw), dtype=np.float32)
         feed = {inp.name: x}
-        times = timing_loop(lambda feed=feed: session.run(None, feed), args.warmup, args.runs, args.duration)
-        results.append(summarize(times, b, "perf_counter_ns"))
+        times, power = timing_loop(lambda feed=feed: session.run(None, feed), args.warmup, args.runs,
+                                   args.duration)
+        results.append({**summarize(times, b, "perf_counter_ns"), "power": power})
     return {"backend": "onnxruntime", "providers": used}, results, errors
+
+
+# ------------------------------------------------------------------------------ TensorRT build decisions
+def precision_plan(requested, graph, trt_version, backend):
+    """What to ask TensorRT for when it compiles an ONNX graph, and what that builds.
+
+    ``graph`` is the precision the ONNX file carries (fp32, fp16, or int8 for symmetric Q/DQ). TensorRT 11
+    networks are strongly typed: no FP16/INT8 builder flags and no trtexec --fp16/--int8, the graph's own types
+    are built. TensorRT <= 10 is weakly typed: --fp16 / --int8 (a Q/DQ graph needs --int8 on 8.x). trtexec has no
+    calibration: --int8 on an fp32 graph times placeholder scales (latency only); the Python API path refuses it.
+    Returns {"flag": None|"fp16"|"int8", "built": precision, "note": str|None, "skip": str|None}.
+    """
+    mm = trt_major_minor(trt_version)
+    plan = {"flag": None, "built": graph, "note": None, "skip": None}
+    if mm is None:
+        plan["skip"] = "TensorRT version unknown on the device: cannot tell 10.x builder flags from 11.x typing"
+        return plan
+    if mm[0] >= 11:
+        if requested != graph:
+            plan["note"] = (f"TensorRT {trt_version} is strongly typed: it builds the graph's {graph}, not the "
+                            f"{requested} asked for; export a {requested} graph (--precision {requested}) for that")
+        return plan
+    if graph == "int8":
+        plan.update(flag="int8", built="int8")
+    elif graph == "fp16" or requested == "fp16":
+        plan.update(flag="fp16", built="fp16")
+    elif requested == "int8":
+        if backend != "trtexec":
+            plan["skip"] = ("int8 from an fp32 graph needs calibration images, which the device does not have: "
+                            "export --trt --precision int8 on the device, or use trtexec (latency only)")
+            return plan
+        plan.update(flag="int8", built="int8",
+                    note="trtexec has no calibration: int8 timed with placeholder scales (latency only)")
+    return plan
+
+
+def batch_problem(dims, batch, profile_max=None):
+    """Why ``batch`` cannot run on a graph/engine whose input dims are ``dims`` (None or -1 = dynamic)."""
+    lead = dims[0] if dims else None
+    if lead not in (None, -1) and lead != batch:
+        return f"the model has a fixed batch of {lead}"
+    if profile_max is not None and batch > profile_max:
+        return f"batch {batch} is above the engine's optimisation profile (max {profile_max})"
+    return None
+
+
+def is_dynamic(dims):
+    return dims is None or any(d in (None, -1) for d in dims)
+
+
+def trtexec_build_cmd(exe, *, onnx, engine, batch, input_name, dims, chw, plan, trt_version, workspace_mb=None):
+    """trtexec argv that compiles ``onnx`` into ``engine`` without timing it. Shapes only for a dynamic input
+    (trtexec refuses explicit shapes for a static model); the profile's opt shape is the benchmarked batch."""
+    mm = trt_major_minor(trt_version) or (10, 0)
+    cmd = [exe, f"--onnx={onnx}", f"--saveEngine={engine}", "--skipInference" if mm >= (8, 6) else "--buildOnly"]
+    if is_dynamic(dims):
+        spec = f"{input_name}:" + "x".join(str(d) for d in (batch, *chw))
+        cmd += [f"--minShapes={spec}", f"--optShapes={spec}", f"--maxShapes={spec}"]
+    if plan["flag"] and mm[0] < 11:
+        cmd.append(f"--{plan['flag']}")
+    if plan["built"] == "fp32":
+        cmd.append("--noTF32")  # TF32 is on by default on Ampere+ (Orin): fp32 means fp32
+    if workspace_mb:
+        cmd.append(f"--memPoolSize=workspace:{workspace_mb}")
+    return cmd
+
+
+def trtexec_time_cmd(exe, *, engine, batch, input_name, dims, chw, times_file, warmup_ms, runs, duration,
+                     cuda_graph):
+    cmd = [exe, f"--loadEngine={engine}", f"--warmUp={warmup_ms}", "--noDataTransfers",
+           f"--exportTimes={times_file}"]
+    if is_dynamic(dims):
+        cmd.append(f"--shapes={input_name}:" + "x".join(str(d) for d in (batch, *chw)))
+    cmd += ([f"--iterations={runs}", "--duration=0"] if runs
+            else [f"--duration={max(1, math.ceil(duration))}"])  # trtexec takes whole seconds
+    if cuda_graph:
+        cmd.append("--useCudaGraph")
+    return cmd
+
+
+def trtexec_errors(output, returncode):
+    """trtexec's error lines ("[E] ..."), all of them in one line; else its last line."""
+    lines = [ln.strip() for ln in (output or "").splitlines() if ln.strip()]
+    errors = [ln[ln.index("[E]") + 3:].strip() for ln in lines if "[E]" in ln]
+    errors = list(dict.fromkeys(e for e in errors if e))
+    if errors:
+        return " | ".join(errors)[:1000]
+    return lines[-1][:300] if lines else f"exit {returncode}"
 
 
 # ----------------------------------------------------------------------------------- CUDA through ctypes
@@ -252,29 +393,37 @@ class Cuda:
         return float(ms.value)
 
 
-def _build_engine(trt, args, max_batch):
+def _build_engine(trt, args, batch, plan):
+    """An engine for one benchmarked batch: static graphs need no profile; a dynamic one gets min=opt=max=batch
+    (as trtexec's path). Builder flags follow ``precision_plan`` (none on TensorRT 11)."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0
-    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # the default (and deprecated) in TRT 10
+    if hasattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH"):  # needed by 8.x, ignored by 10, gone in 11
         flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     with open(args.artifact, "rb") as fh:
         if not parser.parse(fh.read()):
-            raise RunnerError("TensorRT cannot parse the ONNX file: " + str(parser.get_error(0)))
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise RunnerError("TensorRT cannot parse the ONNX file: " + " | ".join(errors or ["no error reported"]))
     config = builder.create_builder_config()
     if args.workspace_mb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, args.workspace_mb << 20)
-    if args.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
+    if plan["built"] == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if plan["flag"]:
+        flag = getattr(trt.BuilderFlag, plan["flag"].upper(), None)
+        if flag is None:  # TensorRT 11 has no FP16/INT8 flags; precision_plan never asks it for one
+            raise RunnerError(f"TensorRT {trt.__version__} has no BuilderFlag.{plan['flag'].upper()}")
+        config.set_flag(flag)
     inp = network.get_input(0)
-    chw = tuple(inp.shape)[1:]
-    if any(d < 0 for d in chw):
-        chw = args.shape
-    profile = builder.create_optimization_profile()
-    profile.set_shape(inp.name, (1, *chw), (max_batch, *chw), (max_batch, *chw))
-    config.add_optimization_profile(profile)
+    dims = tuple(inp.shape)
+    if is_dynamic(dims):
+        shape = (batch, *(args.shape if is_dynamic(dims[1:]) else dims[1:]))
+        profile = builder.create_optimization_profile()
+        profile.set_shape(inp.name, shape, shape, shape)
+        config.add_optimization_profile(profile)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
         raise RunnerError("TensorRT failed to build an engine from the ONNX file")
@@ -285,69 +434,99 @@ def run_tensorrt(args, batches):
     import tensorrt as trt
 
     cuda = Cuda()
-    if args.artifact.endswith(".onnx"):
-        blob = _build_engine(trt, args, max(batches))
-    else:
-        with open(args.artifact, "rb") as fh:
-            blob = fh.read()
+    onnx = args.artifact.endswith(".onnx")
+    plan = precision_plan(args.precision, args.graph_precision, trt.__version__, "tensorrt") if onnx else None
+    info = {"backend": "tensorrt", "tensorrt": trt.__version__}
+    if plan:
+        info.update(built_precision=plan["built"], precision_note=plan["note"])
+        if plan["skip"]:
+            return info, [], {str(b): plan["skip"] for b in batches}
     runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    stream = cuda.handle("cudaStreamCreate")
+    start, end = cuda.handle("cudaEventCreate"), cuda.handle("cudaEventCreate")
+    results, errors = [], {}
+    engine = None if onnx else _load_engine(trt, runtime, open(args.artifact, "rb").read())
+    for b in batches:
+        problem = batch_problem(args.dims, b) if onnx else None
+        if problem:
+            errors[str(b)] = problem
+            continue
+        if onnx:  # one engine per batch: the profile's opt shape is the batch that is timed
+            try:
+                engine = _load_engine(trt, runtime, _build_engine(trt, args, b, plan))
+            except RunnerError as exc:
+                errors[str(b)] = str(exc)
+                continue
+        try:
+            results.append(_time_engine(trt, cuda, engine, b, args, stream, start, end))
+        except _Skip as exc:
+            errors[str(b)] = str(exc)
+    return info, results, errors
+
+
+class _Skip(Exception):
+    """This batch cannot run on this engine; the other batches still can."""
+
+
+def _load_engine(trt, runtime, blob):
     engine = runtime.deserialize_cuda_engine(blob)
     if engine is None:
         raise RunnerError(f"TensorRT {trt.__version__} cannot deserialise the engine (another version or GPU?)")
+    return engine
+
+
+def _time_engine(trt, cuda, engine, b, args, stream, start, end):
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inp = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
     out = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
     in_dtype, out_dtype = trt.nptype(engine.get_tensor_dtype(inp)), trt.nptype(engine.get_tensor_dtype(out))
     shape = tuple(engine.get_tensor_shape(inp))
-    stream = cuda.handle("cudaStreamCreate")
-    start, end = cuda.handle("cudaEventCreate"), cuda.handle("cudaEventCreate")
-    results, errors = [], {}
-    for b in batches:
-        if shape[0] != -1 and shape[0] != b:
-            errors[str(b)] = f"the engine has a fixed batch of {shape[0]}"
-            continue
-        x = np.random.default_rng(0).random((b, *shape[1:]), dtype=np.float32).astype(in_dtype)
-        context.set_input_shape(inp, x.shape)
-        y_shape = tuple(context.get_tensor_shape(out))
-        d_x = cuda.malloc(x.nbytes)
-        d_y = cuda.malloc(int(np.prod(y_shape)) * np.dtype(out_dtype).itemsize)
-        try:
-            cuda.copy(d_x, x.ctypes.data, x.nbytes, 1)
-            context.set_tensor_address(inp, d_x)
-            context.set_tensor_address(out, d_y)
+    profile_max = int(engine.get_tensor_profile_shape(inp, 0)[2][0]) if shape[0] == -1 else None
+    problem = batch_problem(shape, b, profile_max)
+    if problem:
+        raise _Skip(problem)
+    x = np.random.default_rng(0).random((b, *shape[1:]), dtype=np.float32).astype(in_dtype)
+    if not context.set_input_shape(inp, x.shape):
+        raise _Skip(f"TensorRT refused input shape {x.shape} (outside the engine's profile)")
+    y_shape = tuple(context.get_tensor_shape(out))
+    d_x = cuda.malloc(x.nbytes)
+    d_y = cuda.malloc(int(np.prod(y_shape)) * np.dtype(out_dtype).itemsize)
+    try:
+        cuda.copy(d_x, x.ctypes.data, x.nbytes, 1)
+        context.set_tensor_address(inp, d_x)
+        context.set_tensor_address(out, d_y)
 
-            def enqueue():
-                if not context.execute_async_v3(stream):
-                    raise RunnerError("TensorRT execution failed")
+        def enqueue():
+            if not context.execute_async_v3(stream):
+                raise RunnerError("TensorRT execution failed")
 
+        enqueue()
+        cuda.check(cuda.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        run = enqueue
+        if args.cuda_graph:
+            graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
+            cuda.check(cuda.lib.cudaStreamBeginCapture(stream, 2), "cudaStreamBeginCapture")  # relaxed mode
             enqueue()
-            cuda.check(cuda.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-            run = enqueue
-            if args.cuda_graph:
-                graph, exe = ctypes.c_void_p(), ctypes.c_void_p()
-                cuda.check(cuda.lib.cudaStreamBeginCapture(stream, 2), "cudaStreamBeginCapture")  # relaxed mode
-                enqueue()
-                cuda.check(cuda.lib.cudaStreamEndCapture(stream, ctypes.byref(graph)), "cudaStreamEndCapture")
-                cuda.check(cuda.lib.cudaGraphInstantiateWithFlags(ctypes.byref(exe), graph, 0), "instantiate")
+            cuda.check(cuda.lib.cudaStreamEndCapture(stream, ctypes.byref(graph)), "cudaStreamEndCapture")
+            cuda.check(cuda.lib.cudaGraphInstantiateWithFlags(ctypes.byref(exe), graph, 0), "instantiate")
 
-                def run(exe=exe):
-                    cuda.check(cuda.lib.cudaGraphLaunch(exe, stream), "cudaGraphLaunch")
+            def run(exe=exe):
+                cuda.check(cuda.lib.cudaGraphLaunch(exe, stream), "cudaGraphLaunch")
 
-            def timed(run=run):
-                cuda.check(cuda.lib.cudaEventRecord(start, stream), "cudaEventRecord")
-                run()
-                cuda.check(cuda.lib.cudaEventRecord(end, stream), "cudaEventRecord")
-                cuda.check(cuda.lib.cudaEventSynchronize(end), "cudaEventSynchronize")
-                return cuda.elapsed_ms(start, end)
+        def timed(run=run):
+            cuda.check(cuda.lib.cudaEventRecord(start, stream), "cudaEventRecord")
+            run()
+            cuda.check(cuda.lib.cudaEventRecord(end, stream), "cudaEventRecord")
+            cuda.check(cuda.lib.cudaEventSynchronize(end), "cudaEventSynchronize")
+            return cuda.elapsed_ms(start, end)
 
-            times = timing_loop(run, args.warmup, args.runs, args.duration, timed=timed)
-            cuda.check(cuda.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
-            results.append({**summarize(times, b, "cuda_event"), "cuda_graph": bool(args.cuda_graph)})
-        finally:
-            cuda.lib.cudaFree(d_x)
-            cuda.lib.cudaFree(d_y)
-    return {"backend": "tensorrt", "tensorrt": trt.__version__}, results, errors
+        times, power = timing_loop(run, args.warmup, args.runs, args.duration, timed=timed)
+        cuda.check(cuda.lib.cudaStreamSynchronize(stream), "cudaStreamSynchronize")
+        return {**summarize(times, b, "cuda_event"), "cuda_graph": bool(args.cuda_graph), "power": power}
+    finally:
+        cuda.lib.cudaFree(d_x)
+        cuda.lib.cudaFree(d_y)
 
 
 # -------------------------------------------------------------------------------------------------- trtexec
@@ -355,37 +534,52 @@ def find_trtexec():
     return shutil.which("trtexec") or next((p for p in TRTEXEC_PATHS if os.access(p, os.X_OK)), None)
 
 
-def run_trtexec(args, batches, exe):
+def run_trtexec(args, batches, exe, trt_version):
+    """Per batch: compile (for an ONNX file) with one trtexec call, then time the saved engine with another, so
+    that tegrastats samples the timing run and not the build."""
+    onnx = args.artifact.endswith(".onnx")
+    plan = precision_plan(args.precision, args.graph_precision, trt_version, "trtexec") if onnx else None
+    info = {"backend": "trtexec", "trtexec": exe, "tensorrt": trt_version}
+    if plan:
+        info.update(built_precision=plan["built"], precision_note=plan["note"])
+        if plan["skip"]:
+            return info, [], {str(b): plan["skip"] for b in batches}
     results, errors = [], {}
+    warmup_ms = max(200, args.warmup * 20)
     for b in batches:
-        dims = "x".join(str(d) for d in (b, *args.shape))
+        problem = batch_problem(args.dims, b, args.profile_max)
+        if problem:
+            errors[str(b)] = problem
+            continue
         with tempfile.TemporaryDirectory() as tmp:
+            engine = args.artifact
+            if onnx:
+                engine = os.path.join(tmp, "model.engine")
+                cmd = trtexec_build_cmd(exe, onnx=args.artifact, engine=engine, batch=b, input_name=args.input_name,
+                                        dims=args.dims, chw=args.shape, plan=plan, trt_version=trt_version,
+                                        workspace_mb=args.workspace_mb)
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    errors[str(b)] = "trtexec build failed: " + trtexec_errors(proc.stdout + proc.stderr,
+                                                                               proc.returncode)
+                    continue
             times_file = os.path.join(tmp, "times.json")
-            cmd = [exe, f"--warmUp={max(200, args.warmup * 20)}", "--noDataTransfers", f"--exportTimes={times_file}"]
-            if args.artifact.endswith(".onnx"):
-                cmd += [f"--onnx={args.artifact}", f"--minShapes={args.input_name}:{dims}",
-                        f"--optShapes={args.input_name}:{dims}", f"--maxShapes={args.input_name}:{dims}"]
-                if args.precision in ("fp16", "int8"):
-                    cmd.append(f"--{args.precision}")
-                if args.workspace_mb:
-                    cmd.append(f"--memPoolSize=workspace:{args.workspace_mb}")
-            else:
-                cmd += [f"--loadEngine={args.artifact}", f"--shapes={args.input_name}:{dims}"]
-            cmd += ([f"--iterations={args.runs}", "--duration=0"] if args.runs
-                    else [f"--duration={max(1, math.ceil(args.duration))}"])  # trtexec takes whole seconds
-            if args.cuda_graph:
-                cmd.append("--useCudaGraph")
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = trtexec_time_cmd(exe, engine=engine, batch=b, input_name=args.input_name,
+                                   dims=args.dims if onnx else (args.dims or [-1]), chw=args.shape,
+                                   times_file=times_file, warmup_ms=warmup_ms, runs=args.runs, duration=args.duration,
+                                   cuda_graph=args.cuda_graph)
+            with PowerSampler() as power:  # includes trtexec's engine load and its warm-up
+                proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                tail = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.strip()][-1:]
-                errors[str(b)] = "trtexec failed: " + (tail[0][:300] if tail else f"exit {proc.returncode}")
+                errors[str(b)] = "trtexec failed: " + trtexec_errors(proc.stdout + proc.stderr, proc.returncode)
                 continue
             with open(times_file) as fh:
                 records = json.load(fh)
         times = [r.get("computeMs", r.get("latencyMs")) for r in records if isinstance(r, dict)
                  and ("computeMs" in r or "latencyMs" in r)]
-        results.append({**summarize(times, b, "trtexec computeMs"), "cuda_graph": bool(args.cuda_graph)})
-    return {"backend": "trtexec", "trtexec": exe}, results, errors
+        results.append({**summarize(times, b, "trtexec computeMs"), "cuda_graph": bool(args.cuda_graph),
+                        "power": power.result(), "power_window": "trtexec run (engine load, warm-up, timing)"})
+    return info, results, errors
 
 
 # ---------------------------------------------------------------------------------------------------- main
@@ -428,9 +622,15 @@ def main(argv=None):
     ap.add_argument("--cuda-graph", action="store_true")
     ap.add_argument("--input-name", default="images")
     ap.add_argument("--input-shape", default="3x32x32", help="C x H x W")
+    ap.add_argument("--input-dims", default=None,
+                    help="the artifact's input dims as the host read them, -1 for a dynamic axis (e.g. -1x3x32x32)")
+    ap.add_argument("--graph-precision", default="fp32", choices=("fp32", "fp16", "int8"),
+                    help="the precision the ONNX graph carries (int8: symmetric Q/DQ)")
+    ap.add_argument("--profile-max", type=int, default=None, help="an engine's largest profile batch")
     args = ap.parse_args(argv)
     try:
         args.shape = tuple(int(v) for v in args.input_shape.split("x"))
+        args.dims = [int(v) for v in args.input_dims.split("x")] if args.input_dims else None
         batches = [int(b) for b in args.batch.split(",") if b]
         if args.runs is None and args.duration is None:
             args.runs = 100
@@ -438,17 +638,15 @@ def main(argv=None):
             raise RunnerError(f"artifact not found on the device: {args.artifact}")
         facts = device_facts()
         backend = choose_backend(args)
-        run = {"onnxruntime": run_onnxruntime, "tensorrt": run_tensorrt}.get(backend)
-        with PowerSampler() as power:
-            if backend == "trtexec":
-                exe = find_trtexec()
-                if exe is None:
-                    raise RunnerError("trtexec not found on the device")
-                info, results, errors = run_trtexec(args, batches, exe)
-            else:
-                info, results, errors = run(args, batches)
+        if backend == "trtexec":
+            exe = find_trtexec()
+            if exe is None:
+                raise RunnerError("trtexec not found on the device")
+            info, results, errors = run_trtexec(args, batches, exe, facts.get("tensorrt"))
+        else:
+            run = {"onnxruntime": run_onnxruntime, "tensorrt": run_tensorrt}[backend]
+            info, results, errors = run(args, batches)
         print(json.dumps({"ok": True, **info, "results": results, "errors": errors, "device": facts,
-                          "power": power.result(),
                           "artifact": {"path": args.artifact, "bytes": os.path.getsize(args.artifact),
                                        "sha256": sha256(args.artifact)}}))
         return 0

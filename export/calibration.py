@@ -5,31 +5,16 @@ calibration sessions and in TensorRT 10's calibrator (which reads N images from 
 ``get_batch_size`` is ignored since 10.0). So the batch comes from the ONNX input shape; a dynamic batch uses
 the caller's preferred size. The last, short batch is filled by wrapping around to the first images (real
 images, each counted at most once more), so no image is dropped and a set smaller than N still calibrates.
-This module imports numpy and, lazily, onnx only.
+
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
+from e2rnas.export.graph_facts import onnx_input, static_batch_of
 
-def onnx_input(path: str | Path) -> tuple[str, list[int | None]]:
-    """Name and dims of the first graph input; a symbolic or unknown dim is None (weights are not loaded)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    inp = model.graph.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
-            for d in inp.type.tensor_type.shape.dim]
-    return inp.name, dims
-
-
-def static_batch_of(path: str | Path) -> int | None:
-    """The fixed batch of an ONNX file's input, or None when the batch axis is dynamic."""
-    dims = onnx_input(path)[1]
-    return dims[0] if dims else None
+__all__ = ["calibration_batch", "calibration_batches", "onnx_input", "static_batch_of"]
 
 
 def calibration_batch(network_batch: int | None, preferred: int, images: int) -> int:

@@ -38,6 +38,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
 
@@ -64,7 +73,8 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
                              "/usr/libexec/sftp-server") if os.path.exists(p)), None)
     config = d / "sshd_config"
     config.write_text("\n".join([
-        f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {d / 'host_key'}",
+        f"Port {port}", "ListenAddress 127.0.0.1", *(["ListenAddress [::1]"] if _has_ipv6_loopback() else []),
+        f"HostKey {d / 'host_key'}",
         f"AuthorizedKeysFile {d / 'authorized_keys'}", "StrictModes no", "UsePAM no", f"PidFile {d / 'sshd.pid'}",
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
         "PermitRootLogin prohibit-password", "LogLevel ERROR",
@@ -72,7 +82,7 @@ def sshd(tmp_path_factory: pytest.TempPathFactory):
     user = os.environ.get("USER") or __import__("getpass").getuser()
     host_pub = (d / "host_key.pub").read_text().split()[:2]
     other_pub = (d / "other_host_key.pub").read_text().split()[:2]
-    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n")
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(host_pub)}\n[::1]:{port} {' '.join(host_pub)}\n")
     (d / "wrong_known_hosts").write_text(f"[127.0.0.1]:{port} {' '.join(other_pub)}\n")
     log = open(d / "sshd.log", "w")  # closed at teardown
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)

@@ -26,7 +26,8 @@ def tiny(tmp_path_factory):
 def _cfg(s, **kw) -> SshConfig:
     base = dict(port=s.port, identity=s.identity, known_hosts=s.known_hosts, remote_python=s.remote_python,
                 connect_timeout=5)
-    return SshConfig(s.host, **{**base, **kw})
+    host = kw.pop("host", s.host)
+    return SshConfig(host, **{**base, **kw})
 
 
 def test_artifact_copied_run_parsed_and_removed(sshd, tiny) -> None:  # noqa: F811
@@ -71,6 +72,19 @@ def test_runner_failure_is_reported_and_cleaned_up(sshd, tiny, tmp_path) -> None
         run_remote(bad, ssh_config=_cfg(sshd), runs=1)
     assert "\n" not in str(info.value)
     assert set(Path("/tmp").glob("e2rnas.*")) <= before  # the copy went away with the failure
+
+
+def test_ipv6_loopback_host_runs_ssh_and_scp(sshd, tiny) -> None:  # noqa: F811
+    """``user@::1``: ssh gets the bare address, scp the bracketed one (``user@[::1]:path``)."""
+    from _sshd import _has_ipv6_loopback
+
+    if not _has_ipv6_loopback():
+        pytest.skip("no IPv6 loopback on this machine")
+    user = sshd.host.split("@")[0]
+    res = run_remote(tiny["onnx"], ssh_config=_cfg(sshd, host=f"{user}@::1"), batch_sizes=(2,), warmup=1, runs=3,
+                     threads=1, input_shape=(3, 16, 16))
+    assert res["ok"] and res["host"] == f"{user}@::1" and [r["batch"] for r in res["results"]] == [2]
+    assert res["remote_dir_removed"]
 
 
 @pytest.mark.parametrize("host", ["-oProxyCommand=touch /tmp/pwned", "root@host;rm -rf /", "a b@c", ""])
