@@ -14,7 +14,8 @@ Source = Annotated[str, typer.Argument(
     help="model.pt (trained), or a genotype (built-in name, genotype.json, search run) built with random weights.")]
 Onnx = Annotated[bool, typer.Option("--onnx", help="Keep ONNX artifacts: model.onnx (+ model.int8.onnx for int8).")]
 Trt = Annotated[bool, typer.Option("--trt", help="Build a TensorRT engine (needs tensorrt and a CUDA GPU).")]
-Precision = Annotated[str, typer.Option("--precision", help="fp32 | fp16 (TensorRT) | int8 (ONNX Runtime, TensorRT).")]
+Precision = Annotated[str, typer.Option(
+    "--precision", help="fp32 | fp16 (model.fp16.onnx: fp16 weights and I/O for GPU runtimes; TensorRT) | int8.")]
 Batch = Annotated[int, typer.Option("--batch", help="Batch TensorRT optimises for; the batch of --static-batch.")]
 Dynamic = Annotated[bool, typer.Option("--dynamic/--static-batch", help="Dynamic batch axis, or fixed to --batch.")]
 MaxBatch = Annotated[int, typer.Option("--max-batch", help="Largest batch of the TensorRT optimisation profile.")]

@@ -47,11 +47,15 @@ class OnnxRuntimePredictor:
             opts.intra_op_num_threads = threads
         self.session = ort.InferenceSession(str(path), sess_options=opts,
                                             providers=providers or ["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        # an fp16 file (export --precision fp16) takes and returns float16; callers always see float32
+        self.input_dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
         self.providers = self.session.get_providers()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=self.input_dtype)})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
 
 
 def _torch_from_file(path: Path, device: str) -> Predictor:

@@ -157,6 +157,8 @@ def export_model(source: str | Path, *, out_dir: Path, onnx: bool = True, trt: b
                               dynamic_batch=dynamic_batch, batch=batch, simplify=simplify)
             if onnx or not fp32.ok:  # a failed intermediate ONNX is reported rather than nothing
                 results.append(fp32)
+            if fp32.ok and "onnx-fp16" in plan:
+                results.append(_onnx_fp16(ctx, fp32_path, metadata))
             if fp32.ok and "onnx-int8" in plan:
                 results.append(_onnx_int8(ctx, fp32_path, metadata, calib=calib,
                                           calib_name=calib_data or spec_name, scheme=int8_scheme))
@@ -186,12 +188,10 @@ def _plan(*, onnx: bool, trt: bool, precision: str, batch: int, max_batch: int, 
         raise E2RNASError("--calib-samples must be >= 1 for int8")
     plan = []
     if onnx:
-        export_config("onnx", "fp32")
+        export_config("onnx", precision)  # refuses an unknown precision before anything runs
         plan.append("onnx")
-        if precision == "int8":
-            plan.append("onnx-int8")
-        elif precision != "fp32" and not trt:
-            export_config("onnx", precision)  # raises with the reason (fp16 is a TensorRT precision)
+        if precision in ("int8", "fp16"):
+            plan.append(f"onnx-{precision}")
     if trt:
         export_config("tensorrt", precision)
         plan.append("tensorrt")
@@ -210,8 +210,10 @@ class _Context:
     atol: float | None
     val_name: str
 
-    def tolerance(self, cfg: ExportConfig) -> tuple[float | None, float]:
-        return (self.atol if self.atol is not None and cfg.atol is not None else cfg.atol), cfg.min_top1
+    def tolerance(self, cfg: ExportConfig) -> tuple[float | None, float, float | None]:
+        """(atol, min_top1, rtol); ``--atol`` replaces the bound of every artifact judged by max |diff|."""
+        by_diff = cfg.atol is not None or cfg.rtol is not None
+        return (self.atol if self.atol is not None and by_diff else cfg.atol), cfg.min_top1, cfg.rtol
 
     def parity(self, predictor: Any) -> V.Parity:
         return V.compare(predictor, self.x, self.reference, check_batch=self.check_batch, static_batch=self.static,
@@ -229,8 +231,8 @@ class _Rejected(Exception):
 def _validated_write(ctx: _Context, path: Path, cfg: ExportConfig, make: Any, predictor_for: Any) -> ExportResult:
     """``make(tmp) -> details``; then parity of ``predictor_for(tmp)`` with torch; rename only if it passes."""
     details: dict[str, Any] = {}
-    atol, min_top1 = ctx.tolerance(cfg)
-    details["tolerance"] = {"atol": atol, "min_top1": min_top1}
+    atol, min_top1, rtol = ctx.tolerance(cfg)
+    details["tolerance"] = {"atol": atol, "min_top1": min_top1, "rtol": rtol if atol is None else None}
 
     def write(tmp: Path) -> None:
         details.update(make(tmp))
@@ -238,7 +240,7 @@ def _validated_write(ctx: _Context, path: Path, cfg: ExportConfig, make: Any, pr
         parity = ctx.parity(predictor_for(tmp))
         details["validate_s"] = round(time.perf_counter() - t0, 3)
         details["parity"] = parity.as_dict()
-        reason = V.check(parity, atol=atol, min_top1=min_top1)
+        reason = V.check(parity, atol=atol, min_top1=min_top1, rtol=rtol)
         if reason:
             raise _Rejected(parity, reason)
 
@@ -296,6 +298,24 @@ def _onnx_int8(ctx: _Context, fp32_path: Path, metadata: dict[str, Any], *, cali
         result.details["reason"] = f"int8 scheme {used} ({result.details['scheme_reason']}): " \
                                    f"{result.details['reason']}; try {tries}"
     return result
+
+
+def _onnx_fp16(ctx: _Context, fp32_path: Path, metadata: dict[str, Any]) -> ExportResult:
+    import onnx
+
+    from e2rnas.export.fp16 import convert_to_fp16
+    from e2rnas.export.onnx_export import set_metadata
+
+    def make(tmp: Path) -> dict[str, Any]:
+        info = convert_to_fp16(fp32_path, tmp)
+        model = onnx.load(str(tmp))
+        set_metadata(model, {**metadata, "precision": "fp16",
+                             "input": {**metadata["input"], "dtype": "float16"}})
+        onnx.save(model, str(tmp))
+        return info
+
+    return _validated_write(ctx, ctx.out_dir / artifact_name("onnx", "fp16", static_batch=ctx.static),
+                            export_config("onnx", "fp16"), make, _ort)
 
 
 def _tensorrt(ctx: _Context, onnx_path: Path, *, env: Any, precision: str, workspace_mb: int, dynamic_batch: bool,

@@ -35,10 +35,16 @@ class Parity:
         return asdict(self)
 
 
-def check(parity: Parity, *, atol: float | None, min_top1: float) -> str | None:
-    """None when the parity is within tolerance, else the reason in one line."""
+def check(parity: Parity, *, atol: float | None, min_top1: float, rtol: float | None = None) -> str | None:
+    """None when the parity is within tolerance, else the reason in one line. ``rtol`` bounds max |diff| by
+    ``rtol * max |reference logit|`` (fp16: relative to the logits' scale); ``atol``, when given, wins."""
     if atol is not None and not parity.max_abs_diff <= atol:  # `not <=` also catches NaN
         return f"max |diff| {parity.max_abs_diff:.3g} > atol {atol:g}"
+    if atol is None and rtol is not None:
+        bound = rtol * parity.reference_max_abs
+        if not parity.max_abs_diff <= bound:
+            return (f"max |diff| {parity.max_abs_diff:.3g} > rtol {rtol:g} x max |torch logit| "
+                    f"{parity.reference_max_abs:.3g} = {bound:.3g}")
     if parity.top1_agreement < min_top1:
         return f"top-1 agreement {parity.top1_agreement:.3f} < {min_top1:g}"
     return None

@@ -159,6 +159,43 @@ def test_calibration_batches_wrap_the_tail_and_follow_the_network():
     assert calibration_batch(None, 32, 5) == 5
 
 
+def test_fp16_onnx_loads_in_onnxruntime_and_agrees_relative_to_the_logits(trained, tmp_path):
+    """--precision fp16: float16 weights and I/O (for GPU runtimes); ORT's CPU provider runs it (casting around
+    the operators it has no fp16 kernel for), and it matches fp32 within 1% of the logits' scale."""
+    fp32, fp16 = export_model(trained, out_dir=tmp_path, precision="fp16", exporter="torchscript",
+                              validation_samples=64)
+    assert fp32.ok and fp16.ok and fp16.path == str(tmp_path / "model.fp16.onnx"), fp16.details
+    model = onnx.load(fp16.path)
+    half = onnx.TensorProto.FLOAT16
+    assert model.graph.input[0].type.tensor_type.elem_type == half == model.graph.output[0].type.tensor_type.elem_type
+    assert all(i.data_type != onnx.TensorProto.FLOAT for i in model.graph.initializer)
+    assert fp16.size_mb < fp32.size_mb  # weights halve; on this tiny net the graph itself dominates
+    assert read_metadata(fp16.path)["precision"] == "fp16"
+    x = np.ascontiguousarray(load_dataset("digits", split="test", image_size=16).tensors()[0][:32].numpy())
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(fp16.path, providers=["CPUExecutionProvider"])
+    out16 = sess.run(None, {"images": x.astype(np.float16)})[0]
+    ref = OnnxRuntimePredictor(fp32.path)(x)
+    assert out16.dtype == np.float16
+    assert np.abs(out16.astype(np.float32) - ref).max() <= 1e-2 * np.abs(ref).max()
+    assert (out16.argmax(1) == ref.argmax(1)).mean() >= 0.97
+    tol = fp16.details["tolerance"]
+    assert (tol["atol"], tol["rtol"], tol["min_top1"]) == (None, 1e-2, 0.97)
+
+
+def test_fp16_parity_is_relative_to_the_logit_scale():
+    from e2rnas.export.validate import Parity, check
+
+    small = Parity(max_abs_diff=4e-4, top1_agreement=1.0, samples=8, reference_max_abs=0.03)  # random weights
+    assert check(small, atol=None, min_top1=0.97, rtol=1e-2) is not None  # 4e-4 > 1% of 0.03
+    large = Parity(max_abs_diff=0.04, top1_agreement=1.0, samples=8, reference_max_abs=12.0)  # trained logits
+    assert check(large, atol=None, min_top1=0.97, rtol=1e-2) is None  # the old absolute 0.05 said the same...
+    assert "rtol" in check(Parity(0.2, 1.0, 8, reference_max_abs=12.0), atol=None, min_top1=0.97, rtol=1e-2)
+    assert "top-1" in check(Parity(0.01, 0.9, 8, reference_max_abs=12.0), atol=None, min_top1=0.97, rtol=1e-2)
+    assert check(Parity(0.2, 1.0, 8, reference_max_abs=12.0), atol=0.5, min_top1=0.97, rtol=1e-2) is None
+
+
 def test_static_batch_and_summary_merge(tmp_path):
     export_model("DARTS_V1", out_dir=tmp_path, **FAST)
     (static,) = export_model("DARTS_V1", out_dir=tmp_path, dynamic_batch=False, batch=4, **FAST)
@@ -179,7 +216,7 @@ def test_failed_validation_keeps_the_good_file(tmp_path):
     assert set(after) == {"model.onnx", "export.json"}  # no temporary file left behind
 
 
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "opset-torchscript", "opset-dynamo", "fp16-onnx"])
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "opset-torchscript", "opset-dynamo", "bf16"])
 def test_bad_inputs_give_one_line_errors_and_touch_nothing(kind, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -192,7 +229,7 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(kind, tmp_path):
         "corrupt": (corrupt, {}),
         "opset-torchscript": ("DARTS_V2", {"opset": 21}),
         "opset-dynamo": ("DARTS_V2", {"opset": 17, "exporter": "dynamo"}),
-        "fp16-onnx": ("DARTS_V2", {"precision": "fp16"}),
+        "bf16": ("DARTS_V2", {"precision": "bf16"}),
     }[kind]
     kwargs = {**FAST, **extra}
     if str(source).endswith(".pt"):
@@ -202,7 +239,7 @@ def test_bad_inputs_give_one_line_errors_and_touch_nothing(kind, tmp_path):
     message = str(err.value)
     assert "\n" not in message and len(message) < 400
     expected = {"missing": "not found", "corrupt": "not a readable model file", "opset-torchscript": "opset 21",
-                "opset-dynamo": "opset 17", "fp16-onnx": "TensorRT precision"}[kind]
+                "opset-dynamo": "opset 17", "bf16": "unknown precision"}[kind]
     assert expected in message
     assert _snapshot(out) == before
 
