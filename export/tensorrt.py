@@ -198,8 +198,13 @@ def _set_precision(trt: Any, builder: Any, config: Any, env: TrtEnv, precision: 
         return None
     if calibration is None or len(calibration) == 0:
         raise E2RNASError("int8 needs calibration images (--calib-data, or the model's data set)")
-    calib_batch = int(min(32, len(calibration)))
-    calibrator = _entropy_calibrator(trt, calibration, calib_batch, calib_cache)
+    from e2rnas.export.calibration import calibration_batch, calibration_batches
+
+    # TensorRT 10 reads as many images per batch as the network's input holds (get_batch_size is ignored since
+    # 10.0): a static batch N calibrates at N, a dynamic one at its calibration profile's batch
+    calib_batch = calibration_batch(None if dynamic else record.get("static_batch"), 32, len(calibration))
+    batches, padded = calibration_batches(calibration, calib_batch)
+    calibrator = _entropy_calibrator(trt, batches, calib_cache)
     config.set_flag(trt.BuilderFlag.INT8)
     config.int8_calibrator = calibrator
     if dynamic:  # calibration runs at one fixed shape: a profile of its own
@@ -209,12 +214,15 @@ def _set_precision(trt: Any, builder: Any, config: Any, env: TrtEnv, precision: 
         profile.set_shape(name, shape, shape, shape)
         config.set_calibration_profile(profile)
     record["calibration"] = {"algorithm": "entropy2", "images": int(len(calibration)), "batch": calib_batch,
-                             "cache": str(calib_cache), "cache_reused": calib_cache.is_file()}
+                             "padded": padded, "cache": str(calib_cache), "cache_reused": calib_cache.is_file()}
     return calibrator
 
 
-def _entropy_calibrator(trt: Any, images: np.ndarray, batch_size: int, cache_path: Path) -> Any:
+def _entropy_calibrator(trt: Any, batches: list[np.ndarray], cache_path: Path) -> Any:
+    """``batches``: float32 arrays of exactly the network's calibration batch (``calibration_batches``)."""
     import torch
+
+    batch_size = len(batches[0])
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         """Feeds real images to TensorRT 10's calibration from one reused CUDA buffer."""
@@ -222,17 +230,17 @@ def _entropy_calibrator(trt: Any, images: np.ndarray, batch_size: int, cache_pat
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.index = 0
-            self.buffer = torch.empty((batch_size, *images.shape[1:]), dtype=torch.float32, device="cuda")
+            self.buffer = torch.empty(batches[0].shape, dtype=torch.float32, device="cuda")
 
         def get_batch_size(self) -> int:
             return batch_size
 
         def get_batch(self, names: list[str]) -> list[int] | None:
-            if self.index + batch_size > len(images):
+            if self.index >= len(batches):
                 return None
-            self.buffer.copy_(torch.from_numpy(np.ascontiguousarray(images[self.index:self.index + batch_size])))
+            self.buffer.copy_(torch.from_numpy(batches[self.index]))
             torch.cuda.synchronize()
-            self.index += batch_size
+            self.index += 1
             return [int(self.buffer.data_ptr())]
 
         def read_calibration_cache(self) -> bytes | None:
