@@ -22,6 +22,9 @@ RandomStart = Annotated[bool | None, typer.Option("--random-start/--no-random-st
 EvalPreset = Annotated[str, typer.Option(
     "--preset", help="Attack protocol: paper (eps 2/255, PGD-10) or robustbench (8/255, PGD-20, random start).")]
 MaxSamples = Annotated[int | None, typer.Option("--max-samples", help="Evaluate on this many test/OoD images.")]
+OodMaxSamples = Annotated[int | None, typer.Option(
+    "--ood-max-samples", help="OoD images in the detection pool (default: as --max-samples; 10000 against "
+    "CIFAR's 10k test images gives a half-OoD pool).")]
 SourceModel = Annotated[Path | None, typer.Option(
     "--source-model", help="model.pt an .onnx/.engine was exported from: data sets, sizes and transfer attacks.")]
 EvalOut = Annotated[Path | None, typer.Option("--out", help="Folder for eval.json (default: the model's folder).")]
@@ -52,7 +55,8 @@ def eval_model(
     dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: OodDataset = None,
     source_model: SourceModel = None, preset: EvalPreset = "paper", eps: Eps = None, steps: Steps = None,
     step_size: StepSize = None, random_start: RandomStart = None, max_samples: MaxSamples = None,
-    batch_size: opt.BatchSize = None, seed: opt.Seed = None, data_dir: opt.DataDir = None,
+    ood_max_samples: OodMaxSamples = None, batch_size: opt.BatchSize = None, seed: opt.Seed = None,
+    data_dir: opt.DataDir = None,
     download: opt.Download = None, device: opt.Device = None, out: EvalOut = None, json: opt.Json = False,
 ) -> None:
     """Evaluate a trained model (or an exported artifact) on clean, adversarial and OoD data."""
@@ -65,7 +69,8 @@ def eval_model(
     dev = opt.resolve_device(device or "cpu")
     protocol = protocol_from(preset, eps=_fraction(eps, "--eps"), steps=steps,
                              step_size=_fraction(step_size, "--step-size"), random_start=random_start,
-                             max_samples=max_samples, batch_size=batch_size, seed=seed)
+                             max_samples=max_samples, ood_max_samples=ood_max_samples, batch_size=batch_size,
+                             seed=seed)
     if model.suffix == ".pt":
         loaded = load_model(model, device=dev)
         predictor, attack_model = TorchPredictor(loaded.model, dev), None
@@ -114,7 +119,8 @@ def _table(r: dict[str, Any]) -> None:
                f"PGD L-inf eps {p['eps'] * 255:.3g}/255, {p['steps']} steps of {p['pgd_step_size'] * 255:.3g}/255, "
                f"random start {'on' if p['random_start'] else 'off'}, {r['attack'] or 'no attack'}; "
                f"FGSM eps {p['fgsm_eps'] * 255:.3g}/255; OoD: {r['samples']['ood']} images of "
-               f"{r['datasets']['ood'] or '-'}, score -MSP, AUPR with OoD positive (AUPR-in "
+               f"{r['datasets']['ood'] or '-'} ({100 * (r.get('ood_pool') or {}).get('fraction_ood', 0):.0f}% of "
+               f"the pool), score -MSP, AUPR with OoD positive (AUPR-in "
                f"{_pct(ood.get('aupr_in')) or '-'}%); params exclude the aux head; MACs conv/linear, FLOPs = 2 MACs")
     print_table("Evaluation (layout of the paper's Table I)",
                 ["Architecture", "Test Err. (%)", "Acc. (%)", "Params (M)", "MACs (M)", "FLOPs (M)", "PGD Acc. (%)",

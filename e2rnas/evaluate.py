@@ -39,6 +39,7 @@ class EvalProtocol:
     fgsm_eps: float | None = None  # None: eps
     batch_size: int = 200
     max_samples: int | None = None  # None: every test (and OoD) image
+    ood_max_samples: int | None = None  # None: as max_samples (10000 with 10k test images: a half-OoD pool)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class EvalProtocol:
             (self.fgsm_eps is None or 0 <= self.fgsm_eps <= 1, f"fgsm_eps must be in [0, 1], got {self.fgsm_eps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.max_samples is None or self.max_samples >= 1, f"max_samples must be >= 1, got {self.max_samples}"),
+            (self.ood_max_samples is None or self.ood_max_samples >= 1,
+             f"ood_max_samples must be >= 1, got {self.ood_max_samples}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,7 +138,8 @@ def evaluate(predictor: Predictor, *, test: ImageSet, ood: ImageSet | None = Non
     if unknown:
         raise E2RNASError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
     test = test.head(protocol.max_samples)
-    ood = ood.head(protocol.max_samples) if ood is not None and "ood" in metrics else None
+    n_ood = protocol.ood_max_samples or protocol.max_samples
+    ood = ood.head(n_ood) if ood is not None and "ood" in metrics else None
     notes: list[str] = []
     attacker, attack = None, None
     if "robustness" in metrics:
@@ -185,6 +189,11 @@ def evaluate(predictor: Predictor, *, test: ImageSet, ood: ImageSet | None = Non
         "pgd_acc": correct["pgd"] / n if attack else None,
         "ood": ood_metrics(np.concatenate(in_scores), np.concatenate(out_scores)) if ood is not None else None,
         "samples": {"test": n, "ood": len(ood) if ood is not None else 0},
+        "ood_pool": None if ood is None else {
+            "in_distribution": n, "ood": len(ood), "fraction_ood": len(ood) / (n + len(ood)),
+            "score": "max softmax probability (MSP) of the logits, float64",
+            "normalisation": "inside the model: the training set's per-channel mean/std, for the OoD images too",
+            "aupr_out_chance": len(ood) / (n + len(ood))},
         "datasets": {"test": test.name, "ood": ood.name if ood is not None else None},
         "protocol": protocol.as_dict(), "notes": notes, "time_s": round(time.perf_counter() - t0, 3),
     }

@@ -18,6 +18,7 @@ from typing import Any
 
 from e2rnas._io import atomic_write_json
 from e2rnas.errors import E2RNASError
+from e2rnas.presets import preset_section
 
 STAGES = ("lut", "search", "train", "eval", "export", "bench", "check", "report")
 BENCH_DEFAULTS = {"batch": "1,64", "metrics": "latency,accuracy,robustness,ood", "runs": 50}
@@ -88,6 +89,9 @@ def plan(cfg: PipelineConfig, run_dir: Path) -> list[Stage]:
     with_lut = "lut" not in cfg.skip and not cfg.genotype
     search_lut = ["--lut", str(table)] + (["--latency-bound", str(cfg.latency_bound)] if cfg.latency_bound else [])
     deploy_flags = {k: v for k, v in cfg.search.items() if k.startswith("deploy_")}
+    # stage flags a preset adds (the paper preset: SVHN as the evaluation OoD set); the run's own flags win
+    preset_flags = preset_section(cfg.preset, "pipeline")
+    eval_flags = preset_flags.get("eval", {}) | cfg.eval
 
     def bench_argv() -> list[str]:  # the int8 file exists only when its export passed the parity gate
         artifacts = [str(x / "model.onnx")] + ([str(x / "model.int8.onnx")] if (x / "model.int8.onnx").is_file()
@@ -104,7 +108,7 @@ def plan(cfg: PipelineConfig, run_dir: Path) -> list[Stage]:
         Stage("train", ["train", genotype_ref, *preset, "--out", str(t), *flags(cfg.train)],
               done=lambda: (t / "summary.json").is_file() and (t / "model.pt").is_file(),
               resumable=lambda: (t / "checkpoint.pt").is_file()),
-        Stage("eval", ["eval", str(t / "model.pt"), "--out", str(e), *flags(cfg.eval)],
+        Stage("eval", ["eval", str(t / "model.pt"), "--out", str(e), *flags(eval_flags)],
               done=lambda: (e / "eval.json").is_file()),
         Stage("export", ["export", str(t / "model.pt"), "--onnx", "--out", str(x), *flags(cfg.export)],
               done=lambda: (x / "export.json").is_file() and (x / "model.onnx").is_file()),

@@ -76,3 +76,16 @@ def test_batches_and_augment_are_seeded():
 def test_shared_cifar_subset_loads():
     d = load_dataset(f"npz:{SHARED / 'cifar10_test.npz'}")
     assert len(d) == 10000 and d.num_classes == 10 and d.image_size == 32
+
+
+def test_cutout_fills_with_the_mean_so_the_hole_is_zero_after_normalisation():
+    """DARTS cuts out after normalising: the hole is 0 at the network's input, not a black square."""
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    out = augment(x, generator=torch.Generator().manual_seed(1), pad=0, flip=False, cutout=6, cutout_fill=mean)
+    normed = (out - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    hole = out != x
+    assert bool(hole.any())
+    assert float(normed[hole].abs().max()) < 1e-6
+    black = augment(x, generator=torch.Generator().manual_seed(1), pad=0, flip=False, cutout=6)
+    assert float(black[hole].abs().max()) == 0.0  # without a fill the hole is black pixels (not zero there)

@@ -139,3 +139,14 @@ def test_cli_eval_bad_input(run_dir, onnx_path, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "missing.pt" in proc.stderr
+
+
+def test_ood_pool_is_described_and_sized_on_its_own(run_dir):
+    loaded = load_model(run_dir / "model.pt")
+    data = eval_data(loaded.meta["data"])
+    protocol = EvalProtocol(max_samples=120, ood_max_samples=40)
+    r = evaluate(TorchPredictor(loaded.model), test=data.test, ood=data.ood, protocol=protocol,
+                 metrics=("accuracy", "ood"))
+    pool = r["ood_pool"]
+    assert (pool["in_distribution"], pool["ood"]) == (120, 40)
+    assert pool["fraction_ood"] == pytest.approx(40 / 160) == pool["aupr_out_chance"]

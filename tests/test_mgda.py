@@ -73,3 +73,29 @@ def test_weightings():
     with pytest.raises(ValueError):
         Weighting("pareto")
     assert normalizers(G, losses, "loss").tolist() == pytest.approx(losses.tolist())
+
+
+def test_update_rules_differ_only_in_the_multipliers():
+    """gamma comes from the normalised gradients either way; ``paper`` applies it to the raw ones (eq. 10)."""
+    G = torch.tensor([[3.0, 0.0, 1.0], [0.0, 0.5, 0.2], [1.0, 1.0, 0.0]])
+    losses, names = torch.ones(3), ["val", "ood", "adv"]
+    g_paper, e_paper = Weighting("mgda", "l2", update="paper").weights(G, losses, names)
+    g_norm, e_norm = Weighting("mgda", "l2", update="normalized").weights(G, losses, names)
+    assert torch.allclose(g_paper, g_norm) and torch.equal(e_paper, g_paper)
+    assert torch.allclose(e_norm, g_norm / G.norm(dim=1))
+    with pytest.raises(ValueError, match="MGDA update"):
+        Weighting("mgda", update="raw")
+
+
+@pytest.mark.parametrize("normalization", ["l2", "loss", "loss+l2"])
+def test_a_flat_objective_sits_out_instead_of_getting_a_huge_multiplier(normalization):
+    G = torch.tensor([[1.0, 2.0, 0.0], [0.0, 0.0, 0.0], [0.5, -1.0, 1.0]])
+    losses = torch.tensor([1.0, 0.3, 2.0])
+    if normalization != "l2":  # a zero loss is as degenerate as a zero gradient when the loss normalises
+        G[1] = torch.tensor([1e-3, 0.0, 0.0])
+        losses[1] = 0.0
+    w = Weighting("mgda", normalization)
+    gamma, eff = w.weights(G, losses, ["val", "params", "flops"])
+    assert w.degenerate(G, losses).tolist() == [False, True, False]
+    assert float(gamma[1]) == 0.0 and float(eff[1]) == 0.0
+    assert float(gamma.sum()) == pytest.approx(1.0) and float(eff.abs().max()) < 1e3

@@ -139,3 +139,13 @@ def test_changed_settings_rerun_the_stage_and_those_after_it(tmp_path):
     CliRunner().invoke(app, ["run", "--config", str(cfg_file), "--out", str(run_dir), "--from", "check"])
     record = json.loads((run_dir / "pipeline.json").read_text())
     assert [s["stage"] for s in record["stages"] if not s["status"].startswith("skipped")] == ["check", "report"]
+
+
+def test_paper_pipeline_evaluates_ood_detection_on_svhn(tmp_path):
+    evals = [s for s in plan(PipelineConfig(preset="paper"), tmp_path) if s.name == "eval"]
+    assert evals and evals[0].argv[-2:] == ["--ood-dataset", "svhn"]
+    mine = [s for s in plan(PipelineConfig(preset="paper", eval={"ood_dataset": "none"}), tmp_path)
+            if s.name == "eval"]
+    assert mine[0].argv[-2:] == ["--ood-dataset", "none"]  # the run's own flag wins
+    default = [s for s in plan(PipelineConfig(), tmp_path) if s.name == "eval"]
+    assert "--ood-dataset" not in default[0].argv

@@ -267,3 +267,115 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path):
     steps = [(r["epoch"], r["step"]) for r in records if r["type"] == "step"]
     assert steps == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert [r["epoch"] for r in records if r["type"] == "epoch"] == [1, 2]
+
+
+def test_prune_keeps_none_as_a_candidate_only_when_asked():
+    from e2rnas.ops import PRIMITIVES
+    from e2rnas.search import prune_mask
+
+    strengths = torch.full((14, len(PRIMITIVES)), 0.01)
+    strengths[:, PRIMITIVES.index("none")] = 0.5  # the strongest op on every edge
+    strengths[:, PRIMITIVES.index("sep_conv_3x3")] = 0.3
+    pdarts = prune_mask(strengths, PRIMITIVES, 2, keep_none=True)
+    assert pdarts[:, PRIMITIVES.index("none")].all() and pdarts[:, PRIMITIVES.index("sep_conv_3x3")].all()
+    assert pdarts.sum(1).tolist() == [2] * 14
+    plain = prune_mask(strengths, PRIMITIVES, 2)
+    assert not plain[:, PRIMITIVES.index("none")].any() and plain.sum(1).tolist() == [2] * 14
+
+
+def test_pdarts_skip_dropout_schedule_and_identity_only():
+    from e2rnas.search import skip_dropout
+    from e2rnas.search_model import MixedOp
+
+    cfg = SearchConfig(method="p-darts", epochs=75, pdarts_warmup_epochs=10, pdarts_dropout_decay=True,
+                       pdarts_skip_dropout=(0.0, 0.4, 0.7), ood_dataset=None, ll_ood=False,
+                       objectives=("val", "params", "flops"))
+    assert cfg.first_order is True  # P-DARTS searches first order unless told otherwise
+    assert skip_dropout(cfg, 1, 0, 25) == pytest.approx(0.4 * 24 / 25)
+    assert skip_dropout(cfg, 2, 12, 25) == pytest.approx(0.7 * torch.exp(torch.tensor(-0.4)).item())
+    # P-DARTS' schedule restarts at p when the alphas start to move, then decays exponentially
+    assert skip_dropout(cfg, 2, 10, 25) == pytest.approx(0.7)
+    assert skip_dropout(cfg, 2, 24, 25) < skip_dropout(cfg, 2, 11, 25) < 0.7
+    reduce_edge = MixedOp(8, 2, ("skip_connect",))
+    reduce_edge.skip_dropout = 0.9
+    x = torch.rand(2, 8, 8, 8)
+    w = torch.ones(1)
+    reduce_edge.train()
+    assert torch.equal(reduce_edge(x, w), reduce_edge.ops[0](x))  # FactorizedReduce: no dropout
+    normal_edge = MixedOp(8, 1, ("skip_connect",))
+    normal_edge.skip_dropout = 0.9
+    normal_edge.train()
+    assert not torch.equal(normal_edge(x, w), x)
+
+
+def test_pc_darts_cost_estimate_follows_the_edge_betas():
+    torch.manual_seed(0)
+    model = SearchNetwork(C=8, layers=3, num_classes=5, partial_channels=4)
+    cost = CostModel(DeployShape(layers=5, C=8, num_classes=5, input_size=16))
+    a_n, a_r, keep = model.cost_inputs()
+    uniform = cost.expected_cost(a_n, a_r)
+    assert torch.allclose(torch.stack(cost.expected_cost(a_n, a_r, keep)), torch.stack(uniform), rtol=1e-2)
+    with torch.no_grad():  # node 0: the edge from s0 carries only sep_conv_5x5, the edge from s1 only skips
+        model.alpha_normal[0].fill_(-10.0)
+        model.alpha_normal[0, model.primitives.index("sep_conv_5x5")] = 10.0
+        model.alpha_normal[1].fill_(-10.0)
+        model.alpha_normal[1, model.primitives.index("skip_connect")] = 10.0
+    a_n, a_r, _ = model.cost_inputs()
+    base = float(cost.expected_cost(a_n, a_r, model.cost_inputs()[2])[0].detach())
+    with torch.no_grad():
+        model.beta_normal[:2] = torch.tensor([-5.0, 5.0])  # the node prefers its skip edge
+    params, _ = cost.expected_cost(*model.cost_inputs())
+    assert float(params) < base
+    params.backward()
+    assert model.beta_normal.grad is not None and float(model.beta_normal.grad.abs().sum()) > 0
+
+
+def test_ll_ood_weight_scales_the_lower_level_ood_term():
+    grads = {}
+    for ll_ood, weight in ((False, 1.0), (True, 0.0), (True, 1.0)):
+        model, step, batch = _setup(objectives=("val",), first_order=True, ll_ood=ll_ood)
+        step.ll_ood_weight = weight
+        grads[(ll_ood, weight)], _, _ = step.gradients(batch, lr=0.025)
+    assert all(torch.allclose(a, b) for a, b in zip(grads[(False, 1.0)], grads[(True, 0.0)], strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(grads[(False, 1.0)], grads[(True, 1.0)], strict=True))
+
+
+def test_fgsm_example_is_made_at_the_unrolled_weights(monkeypatch):
+    import e2rnas.bilevel as bilevel
+
+    seen = []
+    real = bilevel.fgsm
+
+    def spy(model, x, *args, **kwargs):
+        seen.append(model)
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(bilevel, "fgsm", spy)
+    model, step, batch = _setup(objectives=("val", "adv"))
+    step.gradients(batch, lr=0.025)
+    assert len(seen) == 1 and seen[0] is not model  # a functional call at theta', not the module at theta_t
+
+
+def test_search_config_resolves_method_defaults_and_augmentation():
+    assert SearchConfig().first_order is False and SearchConfig(method="pc-darts").first_order is True
+    assert SearchConfig().search_augment is True
+    digits = SearchConfig(dataset="digits", ood_dataset="digits-ood")
+    assert digits.search_augment is False
+    with pytest.raises(ValueError, match="search_cutout"):
+        SearchConfig(dataset="digits", ood_dataset="digits-ood", search_cutout=8)
+    with pytest.raises(ValueError, match="hvp"):
+        SearchConfig(hvp="backward")
+
+
+def test_search_augmentation_changes_both_halves_and_resumes_identically(tmp_path):
+    from e2rnas.search import SearchRun, load_search_data
+
+    cfg = SearchConfig(**TINY | dict(search_augment=True, search_cutout=4))
+    data = load_search_data(cfg)
+    run = SearchRun(cfg, data, tmp_path)
+    first = next(run.epoch_batches())
+    again = next(run.epoch_batches())  # replayed from the epoch-start state
+    assert torch.equal(first.x_train, again.x_train) and torch.equal(first.x_val, again.x_val)
+    plain = SearchRun(SearchConfig(**TINY), data, tmp_path / "b")
+    raw = next(plain.epoch_batches())
+    assert not torch.equal(first.x_train, raw.x_train) and not torch.equal(first.x_val, raw.x_val)
