@@ -108,6 +108,7 @@ class RunFiles:
     search: dict[str, Any]
     search_from: str | None
     artifacts: dict[str, Path] = field(default_factory=dict)  # format label -> file
+    candidates: dict[str, list[Path]] = field(default_factory=dict)  # format label -> every such file
 
 
 def find_run(path: str | Path) -> RunFiles:
@@ -142,14 +143,16 @@ def find_run(path: str | Path) -> RunFiles:
     evals = [mdir / "eval.json"] + ([pipeline / "eval" / "eval.json"] if pipeline is not None else [])
     eval_json = next((e for e in evals if e.is_file()), None)  # a train run's, or a pipeline's eval stage
     artifacts: dict[str, Path] = {"torch": model}
+    candidates: dict[str, list[Path]] = {}
     for d in dict.fromkeys(x for x in (mdir / "export", pipeline / "export" if pipeline else None) if x):
         if d.is_dir():
             # dynamic-batch files first (model.onnx before model.bs8.onnx)
             for f in sorted(d.iterdir(), key=lambda f: (".bs" in f.name, f.name)):
                 if f.suffix in (".onnx", ".engine", ".plan"):
                     artifacts.setdefault(artifact_format(f), f)
+                    candidates.setdefault(artifact_format(f), []).append(f)
     return RunFiles(root=root, model=model, eval_json=eval_json, search=search, search_from=search_from,
-                    artifacts=artifacts)
+                    artifacts=artifacts, candidates=candidates)
 
 
 def _search_record(d: dict[str, Any]) -> dict[str, Any]:
@@ -160,12 +163,49 @@ def _search_record(d: dict[str, Any]) -> dict[str, Any]:
     return dict(inner) if isinstance(inner, dict) and ("params_bound_m" in inner or "exact_params_m" in inner) else {}
 
 
-def choose_artifact(run: RunFiles, budget: Budget, *, remote: bool) -> Path:
+def engine_profile_batch(engine: Path) -> int | None:
+    """The batch an engine is optimised for: its profile's opt batch, or its static batch (from the sidecar)."""
+    try:
+        record = json.loads(Path(engine).with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(record.get("profile"), dict) and record["profile"].get("opt"):
+        return int(record["profile"]["opt"])
+    return int(record["static_batch"]) if record.get("static_batch") else None
+
+
+def pick_engine(candidates: list[Path], *, problem_of: Any, batch: int) -> tuple[Path, str | None]:
+    """The engine built for this device (``problem_of(path) -> reason | None``, e.g. the GPU identity check),
+    preferring one optimised for ``batch``; (path, note) where the note says when no engine is tuned for
+    ``batch``. Raises with the first engine's reason when none matches the device."""
+    fits = [c for c in candidates if problem_of(c) is None]
+    if not fits:
+        raise E2RNASError(f"none of the {len(candidates)} engine(s) was built for this device: "
+                          f"{problem_of(candidates[0])}")
+    tuned = [c for c in fits if engine_profile_batch(c) == batch]
+    if tuned:
+        return tuned[0], None
+    opt = engine_profile_batch(fits[0])
+    return fits[0], (f"{fits[0].name} is optimised for batch {opt if opt else 'unknown'}, not latency_batch {batch}: "
+                     f"re-export with --trt --batch {batch} for a profile whose opt shape is the measured batch")
+
+
+def choose_artifact(run: RunFiles, budget: Budget, *, remote: bool, notes: list[str] | None = None) -> Path:
     if budget.artifact is not None:
         if budget.artifact not in run.artifacts:
             raise E2RNASError(f"the budget asks for artifact {budget.artifact!r} but {run.root} has "
                               f"{', '.join(run.artifacts)}; export it first or change 'artifact'")
-        return run.artifacts[budget.artifact]
+        found = run.candidates.get(budget.artifact) or [run.artifacts[budget.artifact]]
+        if budget.artifact.startswith("tensorrt") and not remote:  # a remote device checks its own engine
+            from e2rnas.deploy_targets.gpu_identity import current_identity, engine_identity_problem
+
+            current = current_identity()
+            path, note = pick_engine(found, problem_of=lambda p: engine_identity_problem(p, current),
+                                     batch=budget.latency_batch)
+            if note and notes is not None:
+                notes.append(note)
+            return path
+        return found[0]
     if "onnx" in run.artifacts:
         return run.artifacts["onnx"]
     if remote:
@@ -251,7 +291,7 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
         lines.append(CheckLine("max_macs_m", "MACs (M)", budget.max_macs_m, macs, "FlopCounterMode on model.pt",
                                s.get("flops_bound_m"), s.get("expected_macs_m"), s.get("exact_macs_m")))
 
-    artifact = choose_artifact(run, budget, remote=target.remote) if (
+    artifact = choose_artifact(run, budget, remote=target.remote, notes=notes) if (
         budget.max_latency_ms is not None or budget.needs_eval) else None
     threads = B.resolve_threads(target, threads)
     measured: dict[str, float | None] = {}

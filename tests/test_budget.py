@@ -157,3 +157,30 @@ def test_reuse_eval_finds_a_pipeline_runs_eval_stage(tmp_path) -> None:
     data = json.loads(result.stdout)
     assert data["eval_source"].endswith("eval/eval.json (reused)")
     assert data["lines"][0]["measured"] == 0.42
+
+
+def test_check_picks_the_engine_built_for_this_gpu_and_batch(tmp_path):
+    """Not the first engine alphabetically: the one whose recorded GPU/TensorRT match, tuned for the batch."""
+    from e2rnas.deploy_targets.budget import pick_engine
+    from e2rnas.deploy_targets.gpu_identity import GpuIdentity, engine_identity_problem
+
+    def engine(name: str, identity: dict, profile: dict):
+        path = tmp_path / name
+        path.write_bytes(b"plan")
+        path.with_suffix(".json").write_text(json.dumps({"identity": identity, "profile": profile}))
+        return path
+
+    b1, b8 = {"min": 1, "opt": 1, "max": 64}, {"min": 1, "opt": 8, "max": 64}
+    a100 = engine("model.trt10.8.0.43.sm80.a100.fp16.engine", {"name": "NVIDIA A100-SXM4-40GB", "sm": "8.0",
+                                                                 "tensorrt": "10.8.0.43"}, b1)
+    h200_b8 = engine("model.trt10.8.0.43.sm90.h200.b8.fp16.engine", {"name": "NVIDIA H200", "sm": "9.0",
+                                                                      "tensorrt": "10.8.0.43"}, b8)
+    h200_b1 = engine("model.trt10.8.0.43.sm90.h200.fp16.engine", {"name": "NVIDIA H200", "sm": "9.0",
+                                                                   "tensorrt": "10.8.0.43"}, b1)
+    here = GpuIdentity(name="NVIDIA H200", sm="9.0", tensorrt="10.8.0.43")
+    problem = lambda p: engine_identity_problem(p, here)  # noqa: E731
+    assert pick_engine([a100, h200_b8, h200_b1], problem_of=problem, batch=1) == (h200_b1, None)
+    path, note = pick_engine([a100, h200_b8], problem_of=problem, batch=1)
+    assert path == h200_b8 and "optimised for batch 8, not latency_batch 1" in note
+    with pytest.raises(Exception, match="none of the 1 engine"):
+        pick_engine([a100], problem_of=problem, batch=1)
