@@ -26,8 +26,14 @@ CONFIGS = {
 MODES = {
     "supernet fwd+bwd (unit)": dict(kind="unit"),
     "DARTS 2nd order (val only)": dict(kind="step", objectives=("val",), first_order=False, ll_ood=False),
-    "E2RNAS 2nd order (5 objectives, MGDA)": dict(kind="step", objectives=("val", "ood", "adv", "params", "flops"),
-                                                  first_order=False, ll_ood=True),
+    "E2RNAS paper preset (2nd order, central hvp)": dict(kind="step", objectives=("val", "ood", "adv", "params",
+                                                                                  "flops"),
+                                                         first_order=False, ll_ood=True, hvp="central",
+                                                         mgda_update="paper"),
+    "E2RNAS 2nd order, forward hvp (fast option)": dict(kind="step", objectives=("val", "ood", "adv", "params",
+                                                                                 "flops"),
+                                                        first_order=False, ll_ood=True, hvp="forward",
+                                                        mgda_update="paper"),
     "E2RNAS 1st order (5 objectives, MGDA)": dict(kind="step", objectives=("val", "ood", "adv", "params", "flops"),
                                                   first_order=True, ll_ood=True),
 }
@@ -41,7 +47,7 @@ def _peak_rss_gb() -> float:
     return float("nan")
 
 
-def child(cfg: dict, mode: dict, warmup: int, steps: int) -> dict:
+def child(cfg: dict, mode: dict, warmup: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
     from e2rnas.bilevel import BilevelStep, StepBatch
@@ -58,8 +64,10 @@ def child(cfg: dict, mode: dict, warmup: int, steps: int) -> dict:
     def rand():
         return torch.rand(n, 3, s, s, generator=g)
 
-    batch = StepBatch(rand(), torch.randint(0, k, (n,), generator=g), rand(), torch.randint(0, k, (n,), generator=g),
-                      rand(), rand())
+    dev = torch.device(device)
+    model = model.to(dev)
+    batch = StepBatch(*(t.to(dev) for t in (rand(), torch.randint(0, k, (n,), generator=g), rand(),
+                                             torch.randint(0, k, (n,), generator=g), rand(), rand())))
     if mode["kind"] == "unit":
         def run():
             model.zero_grad(set_to_none=True)
@@ -70,19 +78,30 @@ def child(cfg: dict, mode: dict, warmup: int, steps: int) -> dict:
         a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
         step = BilevelStep(model, objectives=make_objectives(mode["objectives"]), weighting=Weighting("mgda"),
                            cost_model=cost, w_optimizer=w_opt, a_optimizer=a_opt, first_order=mode["first_order"],
-                           ll_ood=mode["ll_ood"], params_bound_m=2.5, macs_bound_m=425.0)
+                           ll_ood=mode["ll_ood"], params_bound_m=2.5, macs_bound_m=425.0,
+                           **{k: mode[k] for k in ("hvp", "mgda_update") if k in mode})
 
         def run():
             step.step(batch, lr=0.025, generator=g)
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     for _ in range(warmup):
         run()
+    sync()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     times = []
     for _ in range(steps):
         t = time.perf_counter()
         run()
+        sync()
         times.append(time.perf_counter() - t)
+    peak_gpu = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
     return {"median_s": statistics.median(times), "min_s": min(times), "peak_rss_gb": _peak_rss_gb(),
-            "threads": torch.get_num_threads(), "cpu": torch.backends.cpu.get_cpu_capability()}
+            "peak_gpu_gb": peak_gpu, "threads": torch.get_num_threads(),
+            "cpu": torch.backends.cpu.get_cpu_capability() if dev.type == "cpu" else torch.cuda.get_device_name(dev)}
 
 
 def main() -> None:
@@ -93,34 +112,42 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--method", choices=["darts", "pc-darts"], default="darts",
                     help="supernet variant (pc-darts: K=4 partial channels)")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N for a GPU (peak GPU memory column)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(child(spec["cfg"], spec["mode"], spec["warmup"], spec["steps"])))
+        print(json.dumps(child(spec["cfg"], spec["mode"], spec["warmup"], spec["steps"], spec.get("device", "cpu"))))
         return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title="Search step on this CPU (median of timed steps; peak RSS of the measuring process)")
-    for col in ("config", "mode", "s/step", "x unit", "peak RSS GB", "threads", "cpu"):
+    where = "this CPU" if args.device == "cpu" else args.device
+    table.title = f"Search step on {where} (median of timed steps; peak RSS of the measuring process)"
+    for col in ("config", "mode", "s/step", "x unit", "peak RSS GB", "peak GPU GB", "threads", "cpu / gpu"):
         table.add_column(col, justify="right" if col not in ("config", "mode") else "left")
     for name in args.config:
         cfg = CONFIGS[name] | ({"partial_channels": 4} if args.method == "pc-darts" else {})
         unit = None
         for label in args.modes:
-            spec = json.dumps({"cfg": cfg, "mode": MODES[label], "warmup": args.warmup, "steps": args.steps})
-            out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True,
-                                 check=True)
+            spec = json.dumps({"cfg": cfg, "mode": MODES[label], "warmup": args.warmup, "steps": args.steps,
+                               "device": args.device})
+            out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
+            if out.returncode != 0:
+                table.add_row(f"({name})", label, "failed", "-", "-", "-", "-", out.stderr.strip().splitlines()[-1])
+                print(out.stderr, file=sys.stderr)
+                continue
             res = json.loads(out.stdout.strip().splitlines()[-1])
             if MODES[label]["kind"] == "unit":
                 unit = res["median_s"]
             ratio = f"{res['median_s'] / unit:.1f}" if unit else "-"
             desc = f"({name}) {args.method} {cfg['layers']} cells C={cfg['C']} b{cfg['batch']} {cfg['size']}px"
-            table.add_row(desc, label, f"{res['median_s']:.2f}", ratio, f"{res['peak_rss_gb']:.2f}",
+            gpu_gb = f"{res['peak_gpu_gb']:.2f}" if res.get("peak_gpu_gb") is not None else "-"
+            table.add_row(desc, label, f"{res['median_s']:.2f}", ratio, f"{res['peak_rss_gb']:.2f}", gpu_gb,
                           str(res["threads"]), res["cpu"])
             print(json.dumps({"config": name, "mode": label, **res}), file=sys.stderr)
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":
