@@ -238,6 +238,7 @@ def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequ
         argv += ["--input-dims=" + "x".join(str(int(d)) for d in plan["dims"])] if plan.get("dims") else []
         argv += ["--graph-precision", plan["precision"]] if artifact.suffix == ".onnx" else []
         argv += ["--profile-max", str(int(plan["profile_max"]))] if plan.get("profile_max") else []
+        argv += ["--opset", str(int(plan["opset"]))] if plan.get("opset") else []
         proc = ssh(ssh_config, argv, timeout=timeout, what="running the benchmark")
         result = _parse_runner_output(proc, ssh_config)
     finally:

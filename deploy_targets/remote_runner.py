@@ -253,7 +253,22 @@ def run_onnxruntime(args, batches):
 
 
 # ------------------------------------------------------------------------------ TensorRT build decisions
-def precision_plan(requested, graph, trt_version, backend):
+#: the newest ONNX opset TensorRT 8.x's parser implements (onnx-tensorrt docs/operators.md, 8.5: "supports
+#: operators up to Opset 17"); JetPack 5.1 ships TensorRT 8.5, JetPack 6.0 8.6, JetPack 6.1/6.2 TensorRT 10.3
+TRT8_MAX_OPSET = 17
+
+
+def opset_problem(opset, trt_version):
+    """Why a TensorRT 8.x parser cannot take this opset (None when it can, or when either is unknown)."""
+    mm = trt_major_minor(trt_version)
+    if opset is None or mm is None or mm[0] >= 10 or opset <= TRT8_MAX_OPSET:
+        return None
+    return (f"TensorRT {trt_version} (JetPack 5.x ships 8.5, JetPack 6.0 8.6) parses ONNX up to opset "
+            f"{TRT8_MAX_OPSET}; this file is opset {opset}: export with --exporter torchscript --opset 17, or use "
+            "JetPack 6.1+ (TensorRT 10.3)")
+
+
+def precision_plan(requested, graph, trt_version, backend, opset=None):
     """What to ask TensorRT for when it compiles an ONNX graph, and what that builds.
 
     ``graph`` is the precision the ONNX file carries (fp32, fp16, or int8 for symmetric Q/DQ). TensorRT 11
@@ -266,6 +281,9 @@ def precision_plan(requested, graph, trt_version, backend):
     plan = {"flag": None, "built": graph, "note": None, "skip": None}
     if mm is None:
         plan["skip"] = "TensorRT version unknown on the device: cannot tell 10.x builder flags from 11.x typing"
+        return plan
+    plan["skip"] = opset_problem(opset, trt_version)
+    if plan["skip"]:
         return plan
     if mm[0] >= 11:
         if requested != graph:
@@ -435,7 +453,8 @@ def run_tensorrt(args, batches):
 
     cuda = Cuda()
     onnx = args.artifact.endswith(".onnx")
-    plan = precision_plan(args.precision, args.graph_precision, trt.__version__, "tensorrt") if onnx else None
+    plan = (precision_plan(args.precision, args.graph_precision, trt.__version__, "tensorrt", args.opset)
+            if onnx else None)
     info = {"backend": "tensorrt", "tensorrt": trt.__version__}
     if plan:
         info.update(built_precision=plan["built"], precision_note=plan["note"])
@@ -538,7 +557,7 @@ def run_trtexec(args, batches, exe, trt_version):
     """Per batch: compile (for an ONNX file) with one trtexec call, then time the saved engine with another, so
     that tegrastats samples the timing run and not the build."""
     onnx = args.artifact.endswith(".onnx")
-    plan = precision_plan(args.precision, args.graph_precision, trt_version, "trtexec") if onnx else None
+    plan = precision_plan(args.precision, args.graph_precision, trt_version, "trtexec", args.opset) if onnx else None
     info = {"backend": "trtexec", "trtexec": exe, "tensorrt": trt_version}
     if plan:
         info.update(built_precision=plan["built"], precision_note=plan["note"])
@@ -627,6 +646,7 @@ def main(argv=None):
     ap.add_argument("--graph-precision", default="fp32", choices=("fp32", "fp16", "int8"),
                     help="the precision the ONNX graph carries (int8: symmetric Q/DQ)")
     ap.add_argument("--profile-max", type=int, default=None, help="an engine's largest profile batch")
+    ap.add_argument("--opset", type=int, default=None, help="the ONNX file's opset (TensorRT 8.x parses <= 17)")
     args = ap.parse_args(argv)
     try:
         args.shape = tuple(int(v) for v in args.input_shape.split("x"))

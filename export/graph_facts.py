@@ -62,7 +62,7 @@ def quantization_of(model: Any) -> str | None:
 
 
 def graph_facts(path: str | Path) -> dict[str, Any]:
-    """{"input_name", "dims" (-1: dynamic), "precision" (fp32 | fp16 | int8), "quantization"} of an ONNX file."""
+    """{"input_name", "dims" (-1: dynamic), "precision" (fp32 | fp16 | int8), "quantization", "opset"}."""
     import onnx
     from onnx import TensorProto
 
@@ -72,8 +72,9 @@ def graph_facts(path: str | Path) -> dict[str, Any]:
     elem = model.graph.input[0].type.tensor_type.elem_type
     half = elem == TensorProto.FLOAT16 or any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
     precision = "int8" if quant else "fp16" if half else "fp32"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     return {"input_name": name, "dims": [-1 if d is None else d for d in dims], "precision": precision,
-            "quantization": quant}
+            "quantization": quant, "opset": opset}
 
 
 def tensorrt_problem(facts: dict[str, Any], name: str = "this file") -> str | None:

@@ -52,8 +52,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_graph_facts_read_dims_precision_and_quantisation(files):
-    assert graph_facts(files["dynamic"]) == {"input_name": "images", "dims": [-1, 3, 16, 16], "precision": "fp32",
-                                             "quantization": None}
+    facts = graph_facts(files["dynamic"])
+    assert facts == {"input_name": "images", "dims": [-1, 3, 16, 16], "precision": "fp32", "quantization": None,
+                     "opset": facts["opset"]} and facts["opset"] >= 13
     assert graph_facts(files["static"])["dims"] == [4, 3, 16, 16]
     assert graph_facts(files["ort_int8"])["quantization"] == "asymmetric"
     sym = graph_facts(files["symmetric"])
@@ -108,6 +109,15 @@ def test_trtexec_shapes_only_for_dynamic_inputs(files):
                                 chw=(3, 16, 16), times_file="t.json", warmup_ms=200, runs=10, duration=None,
                                 cuda_graph=False)
     assert not any(a.startswith("--shapes") for a in timing)
+
+
+def test_opset_above_17_is_refused_on_tensorrt_8_with_the_jetpack_named(files):
+    opset = artifact_plan(files["dynamic"])["opset"]  # what torch wrote (20 with torch 2.14's TorchScript)
+    assert R.precision_plan("fp16", "fp32", "8.5.2", "trtexec", 17)["skip"] is None  # 17 parses on 8.5
+    assert (R.precision_plan("fp16", "fp32", "8.5.2", "trtexec", opset)["skip"] is None) == (opset <= 17)
+    skip = R.precision_plan("fp16", "fp32", "8.6.2", "trtexec", 18)["skip"]
+    assert "opset 17" in skip and "JetPack 6.0" in skip and "\n" not in skip
+    assert R.precision_plan("fp16", "fp32", "10.3.0", "trtexec", 18)["skip"] is None
 
 
 def test_trtexec_on_tensorrt_11_gets_no_precision_flags():
