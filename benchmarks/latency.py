@@ -212,8 +212,11 @@ def cuda(args: argparse.Namespace) -> None:
     if not torch.cuda.is_available():
         sys.exit("--target cuda needs a CUDA GPU visible to torch")
     env = environment()
-    print(f"# {env['gpu']['name']} (sm{env['gpu']['compute_capability']}), torch {env['versions']['torch']}, "
-          f"CUDA {env['gpu']['cuda']}")
+    gpu = env["gpu"]
+    print(f"# {gpu['name']} (sm{gpu['compute_capability']}), torch {env['versions']['torch']}, CUDA {gpu['cuda']}, "
+          f"driver {env['nvidia_driver']}; clocks {gpu.get('clocks')}")
+    print("# GPU ms: CUDA events around the call (GPU compute time); host ms: the whole call timed on the host "
+          "(numpy in, copy, run, copy out, synchronise). Warm-up >= 200 ms per row.")
     rows = []
 
     class Half(torch.nn.Module):
@@ -233,19 +236,34 @@ def cuda(args: argparse.Namespace) -> None:
             with torch.autocast("cuda", dtype=torch.float16):
                 return self.m(x)
 
+    variants = (("fp32 (TF32 off)", None, False, False), ("fp32 TF32", None, False, True),
+                ("fp32 (TF32 off) + CUDA graph", None, True, False), ("fp16 autocast", Autocast, False, False),
+                ("fp16 .half()", Half, False, False), ("fp16 .half() + CUDA graph", Half, True, False))
     for name in args.models:
         for batch in args.batch:
-            for label, wrap, graph in (("fp32", None, False), ("fp32 + CUDA graph", None, True),
-                                       ("fp16 autocast", Autocast, False), ("fp16 .half()", Half, False),
-                                       ("fp16 .half() + CUDA graph", Half, True)):
+            for label, wrap, graph, tf32 in variants:
                 model, size = build(name)
                 module = wrap(model) if wrap else model
-                with TorchRunner(module, device="cuda", input_shape=(3, size, size), cuda_graph=graph) as r:
-                    s = r.measure(batch, warmup=10, runs=runs_for(batch, args) * 4)
-                rows.append((name, batch, f"torch {label}", s.p50_ms, s.min_ms, s.throughput, None))
+                try:
+                    with TorchRunner(module, device="cuda", input_shape=(3, size, size), cuda_graph=graph,
+                                     tf32=tf32) as r:
+                        s = r.measure(batch, warmup=10, runs=runs_for(batch, args) * 4)
+                except Exception as exc:  # one failing path must not hide the others
+                    print(f"  {name} b{batch} torch {label}: failed: {str(exc).splitlines()[0]}", file=sys.stderr)
+                    continue
+                rows.append((name, batch, f"torch {label}", s))
             for label, stats in gpu_runtimes(name, batch, args):
-                rows.append((name, batch, label, stats.p50_ms, stats.min_ms, stats.throughput, None))
-    print_rows(rows)
+                rows.append((name, batch, label, stats))
+    print("\n| model | batch | path | GPU p50 ms | host p50 ms | img/s (GPU) | timer | CV | peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, batch, path, st in rows:
+        host = f"{st.host_p50_ms:.3f}" if st.host_p50_ms is not None else "-"
+        mem = f"{st.peak_memory_mb:.0f}" if st.peak_memory_mb is not None else "-"
+        print(f"| {name} | {batch} | {path} | {st.p50_ms:.3f} | {host} | {batch / st.p50_ms * 1e3:.0f} | {st.timer} | "
+              f"{st.cv:.2f} | {mem} |")
+    for name, _, path, st in rows:
+        if st.noise_warning():
+            print(f"warning: {name} {path}: {st.noise_warning()}")
 
 
 def gpu_runtimes(name: str, batch: int, args: argparse.Namespace) -> list[tuple[str, object]]:
@@ -255,17 +273,24 @@ def gpu_runtimes(name: str, batch: int, args: argparse.Namespace) -> list[tuple[
     import onnxruntime as ort
 
     out = []
+    has_ort_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    if not (has_ort_cuda or has_trt):
+        print(f"  {name} b{batch}: no ORT CUDA provider (pip install onnxruntime-gpu) and no TensorRT: torch rows only",
+              file=sys.stderr)
+        return out
     model, size = build(name)
     with tempfile.TemporaryDirectory(prefix="e2rnas-bench-") as tmp:
         onnx = export(model, size, Path(tmp) / f"{name}.onnx")
         n = runs_for(batch, args) * 4
-        if "CUDAExecutionProvider" in ort.get_available_providers():
+        if has_ort_cuda:
             with OrtRunner(onnx, providers=["CUDAExecutionProvider"]) as r:
                 out.append(("ORT CUDA EP", r.measure(batch, warmup=10, runs=n)))
-        if importlib.util.find_spec("tensorrt") is not None:
+        if has_trt:
             from e2rnas.deploy_targets.runners import TensorRTRunner
 
-            engine = build_engine(onnx, Path(tmp) / f"{name}.fp16.engine", size=size, max_batch=max(args.batch))
+            engine = build_engine(onnx, Path(tmp) / f"{name}.fp16.engine", size=size, opt_batch=batch,
+                                  max_batch=max(args.batch))
             for graph in (False, True):
                 with TensorRTRunner(engine, cuda_graph=graph) as r:
                     out.append(("TensorRT fp16" + (" + CUDA graph" if graph else ""),
@@ -273,7 +298,7 @@ def gpu_runtimes(name: str, batch: int, args: argparse.Namespace) -> list[tuple[
     return out
 
 
-def build_engine(onnx: Path, path: Path, *, size: int, max_batch: int) -> Path:
+def build_engine(onnx: Path, path: Path, *, size: int, opt_batch: int, max_batch: int) -> Path:
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -285,7 +310,7 @@ def build_engine(onnx: Path, path: Path, *, size: int, max_batch: int) -> Path:
     config = builder.create_builder_config()
     config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
-    profile.set_shape("images", (1, 3, size, size), (max_batch, 3, size, size), (max_batch, 3, size, size))
+    profile.set_shape("images", (1, 3, size, size), (opt_batch, 3, size, size), (max_batch, 3, size, size))
     config.add_optimization_profile(profile)
     path.write_bytes(bytes(builder.build_serialized_network(network, config)))
     return path

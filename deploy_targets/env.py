@@ -68,7 +68,7 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def _tensorrt_version() -> str | None:
+def tensorrt_version() -> str | None:
     for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
         v = package_version(dist)
         if v:
@@ -85,9 +85,37 @@ def _gpu() -> dict[str, Any] | None:
         return None
     i = torch.cuda.current_device()
     props = torch.cuda.get_device_properties(i)
+    uuid = getattr(props, "uuid", None)
     return {"name": props.name, "compute_capability": f"{props.major}.{props.minor}",
-            "memory_gb": round(props.total_memory / 2**30, 2), "count": torch.cuda.device_count(),
-            "cuda": torch.version.cuda, "driver": _read("/proc/driver/nvidia/version")}
+            "uuid": None if uuid is None else str(uuid), "memory_gb": round(props.total_memory / 2**30, 2),
+            "count": torch.cuda.device_count(), "cuda": torch.version.cuda,
+            "driver": _read("/proc/driver/nvidia/version"), "clocks": gpu_clocks(i)}
+
+
+def gpu_clocks(index: int = 0) -> dict[str, Any] | None:
+    """SM and memory clocks now and at most, and the performance state, from nvidia-smi (None where absent).
+
+    A GPU that idles at a low clock and boosts under load gives noisy first timings; the record says which."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return None
+    fields = ("clocks.sm", "clocks.mem", "clocks.max.sm", "clocks.max.mem", "pstate", "power.draw")
+    try:
+        out = subprocess.run([exe, f"--id={index}", f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    values = [v.strip() for v in out.splitlines()[0].split(",")] if out else []
+    return dict(zip(fields, values, strict=True)) if len(values) == len(fields) else None
+
+
+def cpu_governor() -> str | None:
+    """cpufreq governor of CPU 0 ("performance", "powersave", "schedutil"...), None where not exposed."""
+    text = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor")
+    return text.strip() if text else None
 
 
 def environment(*, threads: int | None = None, gpu: bool = True) -> dict[str, Any]:
@@ -111,6 +139,7 @@ def environment(*, threads: int | None = None, gpu: bool = True) -> dict[str, An
         "physical_cores": physical_cores(),
         "threads": threads,
         "memory_gb": memory_total_gb(),
+        "cpu_governor": cpu_governor(),
         "gpu": info,
         "nvidia_driver": driver,
         "versions": {
@@ -119,7 +148,7 @@ def environment(*, threads: int | None = None, gpu: bool = True) -> dict[str, An
             "torch": package_version("torch"),
             "onnx": package_version("onnx"),
             "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
-            "tensorrt": _tensorrt_version(),
+            "tensorrt": tensorrt_version(),
             "e2rnas": package_version("e2rnas"),
         },
         "onnxruntime_providers": ort_providers,

@@ -23,6 +23,9 @@ from e2rnas.errors import E2RNASError
 PERCENTILES = (50, 90, 95, 99)
 DEFAULT_RUNS = 100
 MIN_RUNS = 5  # with --duration, at least this many calls even on a slow device
+GPU_WARMUP_S = 0.2  # GPU runners warm up for at least this long (trtexec's default --warmUp is 200 ms)
+NOISY_CV = 0.10
+NOISY_P95_P50 = 1.5
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,30 @@ class LatencyStats:
     min_ms: float
     max_ms: float
     throughput: float
-    timer: str  # "perf_counter_ns" or "cuda_event"
+    timer: str  # "perf_counter_ns" (host wall clock) or "cuda_event" (GPU compute time between two events)
     peak_memory_mb: float | None = None  # memory the runner added (weights, arenas, activations), peak so far
     cuda_graph: bool = False
+    # GPU runners also time whole calls on the host: numpy in, copy to the device, run, copy back, synchronise.
+    host_p50_ms: float | None = None
+    host_mean_ms: float | None = None
+    warmup_ms: float | None = None  # how long the untimed warm-up ran
+
+    @property
+    def cv(self) -> float:
+        """Coefficient of variation of the per-call times (std / mean)."""
+        return self.std_ms / self.mean_ms if self.mean_ms > 0 else 0.0
+
+    def noise_warning(self) -> str | None:
+        """One line when the timings are too spread to compare rows at the 10% level, else None."""
+        reasons = []
+        if self.runs >= 5 and self.cv > NOISY_CV:
+            reasons.append(f"coefficient of variation {self.cv:.2f} > {NOISY_CV}")
+        if self.runs >= 5 and self.p50_ms > 0 and self.p95_ms / self.p50_ms > NOISY_P95_P50:
+            reasons.append(f"p95/p50 {self.p95_ms / self.p50_ms:.2f} > {NOISY_P95_P50}")
+        if not reasons:
+            return None
+        return (f"batch {self.batch}: noisy timing ({', '.join(reasons)}): other load, clock changes or too few runs; "
+                f"re-run on an idle machine or with --duration")
 
     def percentile(self, p: int) -> float:
         if p not in PERCENTILES:
@@ -54,17 +78,21 @@ class LatencyStats:
 
 
 def summarize(times_ms: Sequence[float], *, batch: int, timer: str, peak_memory_mb: float | None = None,
-              cuda_graph: bool = False) -> LatencyStats:
+              cuda_graph: bool = False, host_times_ms: Sequence[float] | None = None,
+              warmup_ms: float | None = None) -> LatencyStats:
     t = np.asarray(times_ms, dtype=np.float64)
     if t.size == 0:
         raise E2RNASError("no timed runs: use --runs >= 1 or a longer --duration")
     p = np.percentile(t, PERCENTILES)
     mean = float(t.mean())
+    host = np.asarray(host_times_ms, dtype=np.float64) if host_times_ms else None
     return LatencyStats(batch=batch, runs=int(t.size), p50_ms=float(p[0]), p90_ms=float(p[1]), p95_ms=float(p[2]),
                         p99_ms=float(p[3]), mean_ms=mean, std_ms=float(t.std(ddof=1)) if t.size > 1 else 0.0,
                         min_ms=float(t.min()), max_ms=float(t.max()),
                         throughput=batch / (mean / 1e3) if mean > 0 else math.inf, timer=timer,
-                        peak_memory_mb=peak_memory_mb, cuda_graph=cuda_graph)
+                        peak_memory_mb=peak_memory_mb, cuda_graph=cuda_graph,
+                        host_p50_ms=float(np.median(host)) if host is not None else None,
+                        host_mean_ms=float(host.mean()) if host is not None else None, warmup_ms=warmup_ms)
 
 
 def _proc_status_kb(key: str) -> int | None:
@@ -161,9 +189,19 @@ class Runner:
             return None
         return max(0.0, (hwm - self._rss0) / 1024)
 
+    def _host_run(self, x: np.ndarray) -> float:
+        """One whole call timed on the host: input copied in, run, output copied back (GPU runners)."""
+        t0 = time.perf_counter_ns()
+        self._infer(x)
+        return (time.perf_counter_ns() - t0) / 1e6
+
     def measure(self, batch: int, *, warmup: int = 10, runs: int | None = None, duration: float | None = None,
-                seed: int = 0) -> LatencyStats:
-        """Time ``runs`` calls (or calls for ``duration`` seconds) on a random batch after ``warmup`` calls."""
+                seed: int = 0, warmup_s: float | None = None) -> LatencyStats:
+        """Time ``runs`` calls (or calls for ``duration`` seconds) on a random batch after the warm-up.
+
+        The warm-up is ``warmup`` calls and, on GPU runners, at least ``warmup_s`` seconds (default 0.2 s, as
+        trtexec: a GPU needs time to reach its boost clock). GPU runners report GPU compute time (CUDA events)
+        and, as ``host_p50_ms``, the same number of whole calls timed on the host with the copies included."""
         if not self.accepts_batch(batch):
             raise E2RNASError(f"{self.name} artifact does not accept batch {batch} "
                               f"(fixed batch {self.fixed_batch}, max batch {self.max_batch})")
@@ -171,10 +209,19 @@ class Runner:
             raise E2RNASError("runs must be >= 1")
         if runs is None and duration is None:
             runs = DEFAULT_RUNS
+        gpu = self.on_gpu
+        warmup_s = (GPU_WARMUP_S if gpu else 0.0) if warmup_s is None else warmup_s
         x = np.random.default_rng(seed).random((batch, *self.input_shape), dtype=np.float32)
         self._bind(x)
-        for _ in range(max(0, warmup)):
+        t0, calls = time.perf_counter(), 0
+        while calls < max(0, warmup) or time.perf_counter() - t0 < warmup_s:
             self._run_bound()
+            calls += 1
+            if gpu and calls % 8 == 0:
+                self._synchronize()
+        if gpu:
+            self._synchronize()
+        warmup_ms = (time.perf_counter() - t0) * 1e3
         times: list[float] = []
         start = time.perf_counter()
         while True:
@@ -183,8 +230,16 @@ class Runner:
                 break
             if duration is not None and time.perf_counter() - start >= duration and len(times) >= MIN_RUNS:
                 break
+        host = [self._host_run(x) for _ in range(len(times))] if gpu else None
         return summarize(times, batch=batch, timer=self.timer, peak_memory_mb=self._peak_memory_mb(),
-                         cuda_graph=self.cuda_graph)
+                         cuda_graph=self.cuda_graph, host_times_ms=host, warmup_ms=warmup_ms)
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.timer == "cuda_event"
+
+    def _synchronize(self) -> None:
+        """Wait for queued GPU work (GPU runners); a no-op on the CPU."""
 
     def info(self) -> dict[str, Any]:
         return {"runner": self.name, "input_shape": list(self.input_shape), "fixed_batch": self.fixed_batch,
@@ -198,7 +253,8 @@ class TorchRunner(Runner):
     name = "torch"
 
     def __init__(self, module: Any, *, device: str = "cpu", input_shape: tuple[int, int, int] = (3, 32, 32),
-                 threads: int | None = None, channels_last: bool = False, cuda_graph: bool = False):
+                 threads: int | None = None, channels_last: bool = False, cuda_graph: bool = False,
+                 tf32: bool = False):
         super().__init__()
         import torch
 
@@ -208,9 +264,10 @@ class TorchRunner(Runner):
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise E2RNASError(f"torch cannot see a CUDA GPU for device {device!r}; use --target cpu")
         self.module, self.input_shape, self.threads = module, tuple(input_shape), threads
-        self.channels_last, self.cuda_graph = channels_last, cuda_graph
+        self.channels_last, self.cuda_graph, self.tf32 = channels_last, cuda_graph, tf32
         self.timer = "cuda_event" if self.device.type == "cuda" else "perf_counter_ns"
         self._saved_threads: int | None = None
+        self._saved_tf32: tuple[bool, bool] | None = None
 
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> TorchRunner:
@@ -229,6 +286,13 @@ class TorchRunner(Runner):
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
+            from e2rnas.deploy_targets.gpu_identity import check_torch_on_device
+
+            problem = check_torch_on_device(self.device)
+            if problem:
+                raise E2RNASError(problem)
+            # fp32 means fp32: cuDNN convolutions default to TF32 on Ampere and later (10-bit mantissa).
+            self._saved_tf32 = _set_tf32(self.tf32)
             torch.cuda.synchronize(self.device)
             self._cuda0 = torch.cuda.memory_allocated(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -242,6 +306,32 @@ class TorchRunner(Runner):
             self.module = self.module.to(memory_format=torch.contiguous_format)
         if self._saved_threads is not None:
             torch.set_num_threads(self._saved_threads)
+        if self._saved_tf32 is not None:
+            _set_tf32(*self._saved_tf32)
+            self._saved_tf32 = None
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+
+    def _host_run(self, x: np.ndarray) -> float:
+        if self._graph is None:
+            return super()._host_run(x)
+        import torch
+
+        t0 = time.perf_counter_ns()  # the graph reads its static input buffer: copy in, replay, copy out
+        self._x.copy_(torch.from_numpy(x).to(self.device, non_blocking=False).contiguous(memory_format=
+                                                                                          self._x_format()))
+        self._graph.replay()
+        self._y.float().cpu()
+        return (time.perf_counter_ns() - t0) / 1e6
+
+    def _x_format(self) -> Any:
+        import torch
+
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _to_device(self, x: np.ndarray) -> Any:
         import torch
@@ -302,7 +392,22 @@ class TorchRunner(Runner):
 
     def info(self) -> dict[str, Any]:
         return {**super().info(), "device": str(self.device), "channels_last": self.channels_last,
-                "cuda_graph": self.cuda_graph, "threads": self.threads}
+                "cuda_graph": self.cuda_graph, "threads": self.threads,
+                "tf32": self.tf32 if self.device.type == "cuda" else None}
+
+
+def _set_tf32(enabled: bool, cudnn: bool | None = None) -> tuple[bool, bool]:
+    """Set TF32 for cuBLAS matmuls and cuDNN convolutions (``cudnn`` defaults to ``enabled``); return the old pair."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # torch >= 2.9 suggests its fp32_precision API; the flags still work
+        warnings.simplefilter("ignore")
+        old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled if cudnn is None else cudnn
+    return old
 
 
 # ---------------------------------------------------------------------------------------------- ONNX Runtime
@@ -382,12 +487,19 @@ class OrtRunner(Runner):
         self.input_shape = tuple(dims[1:])
         self.fixed_batch = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
         self._gpu = any(p in self.providers for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
+        # ORT runs on its own CUDA stream and synchronises at the end of Run(): the host clock around a Run with
+        # inputs and outputs bound on the device is the GPU time plus launch overhead, and the row says so.
+        self.timer = "perf_counter_ns (device I/O binding)" if self._gpu else "perf_counter_ns"
 
     def deactivate(self) -> None:
         self.session = None
 
     def end_profiling(self) -> Path | None:
         return Path(self.session.end_profiling()) if self.profile and self.session is not None else None
+
+    @property
+    def on_gpu(self) -> bool:
+        return bool(getattr(self, "_gpu", False))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]
@@ -457,6 +569,11 @@ class TensorRTRunner(Runner):
         torch.cuda.reset_peak_memory_stats(self.device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
+        from e2rnas.deploy_targets.gpu_identity import current_identity, engine_identity_problem
+
+        problem = engine_identity_problem(self.path, current_identity(self.device_index))
+        if problem:
+            raise E2RNASError(problem)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise E2RNASError(f"{self.path}: TensorRT could not deserialise the engine (built for another "
@@ -533,6 +650,9 @@ class TensorRTRunner(Runner):
         end.synchronize()
         return float(start.elapsed_time(end))
 
+    def _synchronize(self) -> None:
+        self._stream.synchronize()
+
     def _peak_memory_mb(self) -> float | None:
         # TensorRT's activation memory is its own allocation: add the engine's device-memory need to the buffers.
         size = getattr(self.engine, "device_memory_size_v2", None) or getattr(self.engine, "device_memory_size", 0)
@@ -587,4 +707,12 @@ def open_runner(path: str | Path, *, target: Any, threads: int | None = None,
     if backend not in target.backends:
         raise E2RNASError(f"target {target.name} does not run {backend} artifacts ({Path(path).name}); "
                           f"it runs {', '.join(target.backends)}")
+    if target.device == "cuda" and not target.remote:
+        # A named GPU target (v100, a100, h100) measured on another GPU would be relabelled numbers: refuse.
+        from e2rnas.deploy_targets.gpu_identity import current_identity, target_problem
+
+        problem = target_problem(target_name=target.name, compute_capability=target.compute_capability,
+                                 current=current_identity())
+        if problem:
+            raise E2RNASError(problem)
     return RUNNERS[backend](Path(path), target, threads, target.cuda_graph if cuda_graph is None else cuda_graph)

@@ -6,6 +6,7 @@ tolerance from here, the ``bench`` command reads the file names (``artifact_name
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ class ExportConfig:
     precision: str
     atol: float | None  # max |logit difference| allowed; None: judged by top-1 agreement alone
     min_top1: float  # minimum top-1 agreement with torch on the validation images
-    suffix: str  # appended to the stem: model.onnx, model.int8.onnx, model.trt10.8.sm90.fp16.engine
+    suffix: str  # appended to the stem: model.onnx, model.int8.onnx, model.trt10.8.0.43.sm90.h200.fp16.engine
     note: str = ""
     rtol: float | None = None  # max |logit difference| relative to max |torch logit| (fp16: the logits' scale)
 
@@ -70,16 +71,18 @@ def export_config(format: str, precision: str) -> ExportConfig:
 
 
 def artifact_name(format: str, precision: str, *, static_batch: int | None = None, trt_version: str | None = None,
-                  compute_capability: tuple[int, int] | None = None, stem: str = "model") -> str:
+                  compute_capability: tuple[int, int] | None = None, gpu: str | None = None,
+                  stem: str = "model") -> str:
     """Predictable file names: ``model.onnx``, ``model.int8.onnx``, ``model.bs8.onnx``,
-    ``model.trt10.8.sm90.fp16.engine`` (TensorRT major.minor and the GPU's compute capability)."""
+    ``model.trt10.8.0.43.sm90.h200.fp16.engine`` (the full TensorRT version, the GPU's compute capability and
+    its model: an engine loads only in the TensorRT that built it and is tuned for one GPU model)."""
     base = stem + (f".bs{static_batch}" if static_batch else "")
     suffix = export_config(format, precision).suffix
     if format == "tensorrt":
         if trt_version is None or compute_capability is None:
             raise ValueError("a TensorRT artifact name needs the TensorRT version and the compute capability")
-        major_minor = ".".join(trt_version.split(".")[:2])
-        return f"{base}.trt{major_minor}.sm{compute_capability[0]}{compute_capability[1]}{suffix}"
+        slug = "." + re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") if gpu else ""
+        return f"{base}.trt{trt_version}.sm{compute_capability[0]}{compute_capability[1]}{slug}{suffix}"
     return base + suffix
 
 

@@ -42,6 +42,7 @@ class TrtEnv:
     gpu: str
     gpu_memory_gb: float
     cuda: str | None
+    uuid: str | None = None
 
     @property
     def major_minor(self) -> tuple[int, int]:
@@ -50,6 +51,13 @@ class TrtEnv:
     @property
     def strongly_typed(self) -> bool:
         return self.major_minor[0] >= 11
+
+    def identity(self) -> Any:
+        """The ``GpuIdentity`` an engine built here is tied to (recorded in its sidecar, compared by runners)."""
+        from e2rnas.deploy_targets.gpu_identity import GpuIdentity
+
+        return GpuIdentity(name=self.gpu, sm=f"{self.compute_capability[0]}.{self.compute_capability[1]}",
+                           uuid=self.uuid, tensorrt=self.version)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "strongly_typed": self.strongly_typed}
@@ -96,9 +104,13 @@ def require(precision: str) -> TrtEnv:
     if not torch.cuda.is_available():
         raise TensorRTUnavailable("no CUDA GPU is visible (torch.cuda.is_available() is False): TensorRT builds an "
                                   "engine on the GPU that will run it")
+    from e2rnas.deploy_targets.gpu_identity import current_identity
+
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
-    env = TrtEnv(version=trt.__version__, compute_capability=(props.major, props.minor), gpu=props.name,
-                 gpu_memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+    ident = current_identity()
+    env = TrtEnv(version=trt.__version__, compute_capability=(props.major, props.minor),
+                 gpu=ident.name if ident else props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                 cuda=torch.version.cuda, uuid=ident.uuid if ident else None)
     problem = support_problem(env.version, env.compute_capability, precision)
     if problem:
         raise TensorRTUnavailable(problem)
@@ -128,8 +140,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, env: TrtEnv, precision: 
     """
     trt = _import_trt()
     logger = _logger(trt)
-    (major, minor), cc = env.major_minor, env.compute_capability
-    tag = f"trt{major}.{minor}.sm{cc[0]}{cc[1]}"
+    tag = f"trt{env.version}.{env.identity().tag()}"  # a timing cache is valid for one TensorRT and GPU model
     record: dict[str, Any] = {"precision": precision, "workspace_mb": workspace_mb, "dynamic_batch": dynamic_batch,
                               "strongly_typed": env.strongly_typed, "tensorrt": env.version}
     with tempfile.TemporaryDirectory(prefix="e2rnas-trt-") as tmp:

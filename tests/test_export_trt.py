@@ -52,10 +52,10 @@ def test_support_rules(version, cc, precision, expected):
 
 
 def test_engine_names_carry_version_gpu_and_precision():
-    assert artifact_name("tensorrt", "fp16", trt_version="10.8.0.43", compute_capability=(9, 0)) == \
-        "model.trt10.8.sm90.fp16.engine"
-    assert artifact_name("tensorrt", "int8", static_batch=8, trt_version="11.1.0", compute_capability=(8, 6)) == \
-        "model.bs8.trt11.1.sm86.int8.engine"
+    assert artifact_name("tensorrt", "fp16", trt_version="10.8.0.43", compute_capability=(9, 0), gpu="h200") == \
+        "model.trt10.8.0.43.sm90.h200.fp16.engine"
+    assert artifact_name("tensorrt", "int8", static_batch=8, trt_version="11.1.0", compute_capability=(8, 6),
+                         gpu="jetson agx orin") == "model.bs8.trt11.1.0.sm86.jetson-agx-orin.int8.engine"
 
 
 @pytest.mark.skipif(MISSING is None, reason="TensorRT and a GPU are present: the missing-TensorRT path cannot run")
@@ -88,7 +88,7 @@ def test_engine_builds_matches_and_records_its_build(precision, tmp_path):
     assert onnx_res.ok and engine.ok, engine.details
     env = engine.details["environment"]
     name = artifact_name("tensorrt", precision, trt_version=env["version"],
-                         compute_capability=tuple(env["compute_capability"]))
+                         compute_capability=tuple(env["compute_capability"]), gpu=json.loads(Path(engine.path).with_suffix(".json").read_text())["identity"]["model"])
     assert Path(engine.path).name == name
     sidecar = json.loads(Path(engine.path).with_suffix(".json").read_text())
     assert sidecar["precision"] == precision and sidecar["profile"] == {"min": 1, "opt": 1, "max": 16}

@@ -43,6 +43,26 @@ def test_summarize_known_values() -> None:
         summarize([], batch=1, timer="x")
 
 
+def test_noise_warning_from_spread_and_tail() -> None:
+    steady = summarize([1.0, 1.01, 0.99, 1.0, 1.02, 1.0], batch=1, timer="perf_counter_ns")
+    assert steady.noise_warning() is None and steady.cv < 0.05
+    tail = summarize([1.0] * 18 + [3.0, 3.0], batch=4, timer="cuda_event")
+    warning = tail.noise_warning()
+    assert warning and warning.startswith("batch 4: noisy timing") and "p95/p50" in warning
+    spread = summarize([1.0, 1.3, 0.8, 1.25, 0.75, 1.1], batch=1, timer="perf_counter_ns")
+    assert "coefficient of variation" in spread.noise_warning()
+    few = summarize([1.0, 5.0], batch=1, timer="perf_counter_ns")  # too few runs to call it noisy
+    assert few.noise_warning() is None
+
+
+def test_time_based_warmup_and_no_host_column_on_cpu(tiny) -> None:
+    with OrtRunner(tiny["onnx"], threads=1) as r:
+        s = r.measure(1, warmup=0, runs=3, warmup_s=0.05)
+        assert s.warmup_ms >= 50 and s.host_p50_ms is None and not r.on_gpu
+        quick = r.measure(1, warmup=1, runs=3)  # CPU runners: no time-based warm-up by default
+        assert quick.warmup_ms < 50
+
+
 def test_onnxruntime_cpu_end_to_end(tiny) -> None:
     x = np.random.default_rng(1).random((5, 3, 16, 16), dtype=np.float32)
     with torch.no_grad():
