@@ -54,7 +54,8 @@ class LoadedModel:
 
 
 def save_model(path: str | Path, *, model: Network, genotype: Genotype, spec: NetworkSpec,
-               data: dict[str, Any] | None = None, search: dict[str, Any] | None = None) -> None:
+               data: dict[str, Any] | None = None, search: dict[str, Any] | None = None,
+               provenance: dict[str, Any] | None = None) -> None:
     """Write ``model.pt`` atomically (auxiliary head weights kept, so training can resume from it)."""
     net = asdict(spec)
     net["mean"], net["std"] = list(spec.mean), list(spec.std)
@@ -67,6 +68,7 @@ def save_model(path: str | Path, *, model: Network, genotype: Genotype, spec: Ne
         "data": dict(data or {}),
         "search": dict(search or {}),
         "e2rnas_version": __version__,
+        "provenance": provenance,
     })
 
 

@@ -35,6 +35,7 @@ from e2rnas.errors import E2RNASError
 from e2rnas.guards import normalized_entropy, search_warnings
 from e2rnas.mgda import Weighting
 from e2rnas.objectives import OBJECTIVES, make_objectives
+from e2rnas.provenance import provenance
 from e2rnas.search_model import SearchNetwork
 
 METHODS = ("darts", "pc-darts", "p-darts")
@@ -591,7 +592,7 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
         "val_accuracy": run.val_accuracy(), "genotype": genotype.to_dict(),
         "derive": cfg.derive, "derivations": {k: d.as_dict() for k, d in derivations.items()},
         "derivation_gap": derivations["darts"].strength - handed.strength,
-        "warnings": warnings,
+        "warnings": warnings, "provenance": provenance(gpu=run.device.type == "cuda"),
     }
     if run.latency_table is not None:
         with torch.no_grad():

@@ -24,6 +24,7 @@ from e2rnas.errors import E2RNASError
 from e2rnas.genotypes import Genotype
 from e2rnas.model import VARIANTS, Network, count_macs, count_params
 from e2rnas.model_io import NetworkSpec, load_model, save_model
+from e2rnas.provenance import provenance
 
 #: Data sets with no split of their own; they are split per class, 80% train / 20% test, with a fixed seed.
 SPLITLESS = ("npz", "imagefolder")
@@ -291,6 +292,7 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
     n_batches = len(data.train) // cfg.batch_size
     if cfg.max_train_batches:
         n_batches = min(n_batches, cfg.max_train_batches)
+    prov = provenance(gpu=device.type == "cuda")  # in model.pt: which code and command trained it
     t_start = time.perf_counter()
     with _Progress(progress, (cfg.epochs - start_epoch) * n_batches, cfg.epochs) as bar:
         for epoch in range(start_epoch, cfg.epochs):
@@ -302,7 +304,7 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
             if rec["best"]:  # no validation split: the last epoch is the selected one
                 best = {"epoch": epoch, "val_acc": rec["val_acc"]}
                 save_model(out_dir / "model.pt", model=model, genotype=genotype, spec=spec, data=data_meta,
-                           search=search_meta)
+                           search=search_meta, provenance=prov)
             append_jsonl(out_dir / "metrics.jsonl", rec)
             atomic_torch_save(ckpt_path, {
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": _config_dict(cfg),
@@ -399,6 +401,7 @@ def _summarise(out_dir: Path, cfg: TrainConfig, genotype: Genotype, data: _Data,
         "params": count_params(loaded.model), "macs": count_macs(loaded.model, input_size=loaded.spec.input_size),
         "wall_s_this_run": round(wall_s, 2), "selection": "best validation accuracy" if data.val is not None
         else "last epoch (val_fraction is 0)",
+        "provenance": provenance(gpu=device.type == "cuda"),
     }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
