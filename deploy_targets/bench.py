@@ -391,12 +391,17 @@ def int8_notes(rows: Sequence[dict[str, Any]], summaries: dict[str, dict[str, An
         ref = next((r for r in fp32 if Path(r["artifact"]).parent == folder), fp32[0] if fp32 else None)
         slower = _slower_batches(q, ref) if ref is not None else []
         if slower:
+            why = ("S8S8 on x86: ONNX Runtime leaves some convolutions in float (DequantizeLinear -> Conv -> "
+                   "QuantizeLinear); re-export with --int8-scheme u8s8 (VNNI) or auto"
+                   if q.get("int8_scheme") == "s8s8" and (cpu or {}).get("arch", "x86_64") == "x86_64" else
+                   "quantise/dequantise and per-operator overhead outweigh the int8 arithmetic at this size (small "
+                   "tensors, batch 1); int8 pays off with VNNI and more work per call")
             notes.append(f"{Path(q['artifact']).name} measured slower than {Path(ref['artifact']).name} on {where} at "
-                         f"{', '.join(slower)}: int8 pays off with VNNI/dot-product instructions and enough work per "
-                         "call; fp32 is the faster artifact here")
-        if q.get("int8_scheme") == "s8s8" and cpu and cpu.get("arch") == "x86_64" and cpu.get("vnni") is False:
-            notes.append(f"{Path(q['artifact']).name} is S8S8, which can saturate on this x86 {cpu.get('isa')} CPU "
-                         "without VNNI: re-export here with --int8-scheme auto (or u8u8)")
+                         f"{', '.join(slower)}: {why}; fp32 is the faster artifact here")
+        saturating = q.get("int8_scheme") in ("s8s8", "u8s8")  # U8S8 kernels: VPMADDUBSW without VNNI
+        if saturating and cpu and cpu.get("arch") == "x86_64" and cpu.get("vnni") is False:
+            notes.append(f"{Path(q['artifact']).name} is {q['int8_scheme'].upper()}, which can saturate on this x86 "
+                         f"{cpu.get('isa')} CPU without VNNI: re-export here with --int8-scheme auto (or u8u8)")
     return notes
 
 

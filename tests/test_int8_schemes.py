@@ -45,19 +45,19 @@ def trained(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("text, arch, isa, vnni, scheme", [
-    (CPUINFO_VNNI, "x86_64", "avx512", True, "s8s8"),
-    (CPUINFO_AVX_VNNI, "x86_64", "avx2", True, "s8s8"),
+    (CPUINFO_VNNI, "x86_64", "avx512", True, "u8s8"),
+    (CPUINFO_AVX_VNNI, "x86_64", "avx2", True, "u8s8"),
     (CPUINFO_AVX2, "x86_64", "avx2", False, NO_VNNI_SCHEME),
     (CPUINFO_AVX512_NO_VNNI, "x86_64", "avx512", False, NO_VNNI_SCHEME),
     (CPUINFO_ARM, "arm64", "other", False, "s8s8"),
-    ("FPU SSE2 AVX2 AVX512F AVX512VNNI", "x86_64", "avx512", True, "s8s8"),  # macOS sysctl spelling
+    ("FPU SSE2 AVX2 AVX512F AVX512VNNI", "x86_64", "avx512", True, "u8s8"),  # macOS sysctl spelling
 ])
 def test_scheme_choice_from_cpu_flags(text, arch, isa, vnni, scheme):
     cpu = cpu_features(text)
     assert (cpu["arch"], cpu["isa"], cpu["vnni"], cpu["source"]) == (arch, isa, vnni, "given")
     chosen, reason = choose_int8_scheme(cpu)
     assert chosen == scheme and chosen in INT8_SCHEMES and reason
-    if scheme != "s8s8":
+    if scheme not in ("s8s8", "u8s8"):
         assert "without VNNI" in reason
     assert cpu_features(text, machine="aarch64")["arch"] == "arm64"  # an explicit machine wins
 
