@@ -1,20 +1,25 @@
 """``report.md`` and a self-contained ``report.html`` for a pipeline run directory, rebuilt from its files.
 
-Sections: the budget check, a paper-style table (accuracy, params, MACs, PGD accuracy, OoD AUPR, latency per
-target and format), plots (objectives and gamma weights over the search, alpha heat maps, the two cells as graphs,
-latency per format and batch size) and the exact commands and versions that produced it.
+Sections: provenance (date, version, git SHA, command, machine), the budget check, a paper-style table (size in
+MB = 10^6 bytes, accuracy, params, MACs, PGD accuracy, OoD AUPR, latency per target and format), warnings (search
+collapse, margins within the measurement's noise, INT8 slower than fp32, anything skipped), plots (objectives, gamma
+weights and costs against L, F, T over the search, alpha heat maps, the two cells as graphs, latency per format and
+batch size) and the exact commands and versions that produced it.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from e2rnas._io import atomic_write_text, read_jsonl
 from e2rnas.errors import E2RNASError
+from e2rnas.provenance import describe, provenance
+
+Z95 = 1.959964  # two-sided 95% normal quantile
 
 
 def _load(path: Path) -> dict[str, Any] | None:
@@ -33,7 +38,7 @@ def _num(x: Any, digits: int = 4) -> str:
 
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -47,24 +52,53 @@ def _plt():
     return plt
 
 
-def plot_search(metrics: list[dict[str, Any]], path: Path) -> bool:
+def search_figure(metrics: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> Any:
+    """Objectives and gamma weights over the search (top); the softmax estimate of params, MACs (and latency)
+    against the bounds L, F (and T) below; dotted vertical lines where an epoch begins. None without steps."""
     all_steps = [m for m in metrics if m.get("type") == "step"]
     steps = [(i, m) for i, m in enumerate(all_steps, 1) if m.get("objectives")]  # warm-up steps have none
     if not steps:
-        return False
+        return None
+    summary = summary or {}
     plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6))
+    costs = [("expected_params_m", "params (M)", "params_bound_m", "L"), ("expected_macs_m", "MACs (M)",
+                                                                         "flops_bound_m", "F")]
+    if any("expected_latency_ms" in s for s in all_steps):
+        costs.append(("expected_latency_ms", "latency (ms)", "latency_bound_ms", "T"))
+    fig = plt.figure(figsize=(13, 7))
+    grid = fig.add_gridspec(2, 6)
+    ax1, ax2 = fig.add_subplot(grid[0, :3]), fig.add_subplot(grid[0, 3:])
+    width = 6 // len(costs)
+    cost_axes = [fig.add_subplot(grid[1, i * width:(i + 1) * width]) for i in range(len(costs))]
     x = [i for i, _ in steps]
     for name in steps[0][1]["objectives"]:
         ax1.plot(x, [s["objectives"][name] for _, s in steps], label=name)
         ax2.plot(x, [s["gammas"][name] for _, s in steps], label=name)
     ax1.set(title="Objective values", xlabel="step", yscale="log")
     ax2.set(title="MGDA weights (gamma)", xlabel="step", ylim=(0, 1))
-    ax1.legend(fontsize=8)
-    ax2.legend(fontsize=8)
+    for ax, (key, what, bound_key, letter) in zip(cost_axes, costs, strict=True):
+        pts = [(i, s[key]) for i, s in enumerate(all_steps, 1) if s.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label="softmax estimate")
+        if summary.get(bound_key) is not None:
+            ax.axhline(summary[bound_key], color="tab:red", ls="--", gid=f"bound-{letter}",
+                       label=f"{letter} = {_num(summary[bound_key])}")
+        ax.set(title=f"{what} vs bound {letter}", xlabel="step")
+    epochs = [m.get("epoch") for m in all_steps]
+    starts = [i for i in range(2, len(epochs) + 1) if epochs[i - 1] != epochs[i - 2]]
+    for ax in (ax1, ax2, *cost_axes):
+        for i in starts:
+            ax.axvline(i - 0.5, color="gray", ls=":", lw=0.8, gid="epoch")
+        ax.legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot_search(metrics: list[dict[str, Any]], path: Path, summary: dict[str, Any] | None = None) -> bool:
+    fig = search_figure(metrics, summary)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return True
 
 
@@ -90,33 +124,12 @@ def plot_alphas(alphas: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def plot_cells(genotype: dict[str, Any], path: Path) -> bool:
-    """The normal and reduction cells as graphs: inputs c_{k-2}, c_{k-1}, nodes 0-3, output c_k."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for ax, kind in zip(axes, ("normal", "reduce"), strict=True):
-        pos = {0: (0.0, 0.75), 1: (0.0, 0.25), 2: (1.0, 0.85), 3: (2.0, 0.6), 4: (3.0, 0.4), 5: (4.0, 0.15),
-               "out": (5.0, 0.5)}
-        labels = {0: "c_{k-2}", 1: "c_{k-1}", 2: "0", 3: "1", 4: "2", 5: "3", "out": "c_{k}"}
-        for k, (op, src) in enumerate(genotype[kind]):
-            dst = 2 + k // 2
-            (x0, y0), (x1, y1) = pos[src], pos[dst]
-            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
-                        arrowprops=dict(arrowstyle="->", color="tab:blue", connectionstyle="arc3,rad=0.12"))
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.03, op, fontsize=7, ha="center", color="darkred")
-        for node in genotype[f"{kind}_concat"]:
-            (x0, y0), (x1, y1) = pos[node], pos["out"]
-            ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(arrowstyle="->", color="gray", ls=":"))
-        for node, (x, y) in pos.items():
-            color = "lightgreen" if node in (0, 1) else ("khaki" if node == "out" else "lightblue")
-            ax.text(x, y, labels[node], ha="center", va="center", fontsize=9,
-                    bbox=dict(boxstyle="round", fc=color, ec="black"))
-        ax.set(title=f"{kind} cell", xlim=(-0.5, 5.5), ylim=(0, 1))
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+def plot_cells(genotype: dict[str, Any], path: Path) -> str:
+    """The normal and reduction cells as graphs (graphviz, else networkx's layout, else fixed columns); returns
+    which drew them."""
+    from e2rnas.cell_graph import draw_cells
+
+    return draw_cells(genotype, path)
 
 
 def plot_latency(bench: dict[str, Any], path: Path) -> bool:
@@ -175,37 +188,125 @@ def search_table(summary: dict[str, Any], check: dict[str, Any] | None) -> tuple
     return header, rows
 
 
+def binomial_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` measured on ``n`` images (95% by default)."""
+    if n <= 0:
+        return 0.0, 1.0
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def margin_warnings(check: dict[str, Any] | None, evaluation: dict[str, Any] | None = None) -> list[str]:
+    """Budget lines whose pass/fail another test sample could flip: an accuracy limit inside the 95% binomial
+    interval of the measured accuracy, or a latency limit within one standard deviation of the per-call times."""
+    if not check:
+        return []
+    n = (check.get("data") or {}).get("test_images") or ((evaluation or {}).get("samples") or {}).get("test")
+    out = []
+    for ln in check.get("lines", []):
+        value, limit = ln.get("measured"), ln.get("limit")
+        if value is None or limit is None:
+            continue
+        if ln.get("key") in ("min_accuracy", "min_pgd_accuracy") and n:
+            lo, hi = binomial_interval(float(value), int(n))
+            if lo <= float(limit) <= hi:
+                out.append(f"{ln.get('what', ln['key'])} {_pct(value)}% vs limit {_pct(limit)}%: the margin is inside "
+                           f"the 95% binomial interval [{_pct(lo)}, {_pct(hi)}]% of {n} test images, so another "
+                           "test sample could flip the result (evaluate on more images)")
+        elif ln.get("key") == "max_latency_ms":
+            std = (check.get("latency") or {}).get("std_ms")
+            if std and abs(float(limit) - float(value)) < float(std):
+                out.append(f"{ln.get('what', ln['key'])} {_num(value)} ms vs limit {_num(limit)} ms: the margin is "
+                           f"smaller than the timings' standard deviation ({_num(std)} ms)")
+    return out
+
+
+def skipped_warnings(bench: dict[str, Any] | None, pipeline: dict[str, Any] | None) -> list[str]:
+    """Artifacts that failed or batch sizes skipped in the bench, and pipeline stages skipped or failed for another
+    reason than being complete."""
+    out = []
+    for r in (bench or {}).get("rows", []):
+        name = Path(r.get("artifact", "?")).name
+        if r.get("status") not in (None, "ok"):
+            out.append(f"bench: {name} not measured: {r.get('error')}")
+        out += [f"bench: {name}: {w}" for w in r.get("warnings") or [] if w]
+        out += [f"bench: {name} batch {b} skipped: {s['skipped']}" for b, s in (r.get("latency") or {}).items()
+                if isinstance(s, dict) and s.get("skipped")]
+    for s in (pipeline or {}).get("stages", []):
+        status = str(s.get("status", ""))
+        if status.startswith("failed") or (status.startswith("skipped") and "complete" not in status
+                                           and "up to date" not in status):
+            out.append(f"pipeline: stage {s.get('stage')} {status}")
+    return out
+
+
 def report_warnings(summary: dict[str, Any] | None, check: dict[str, Any] | None,
-                    bench: dict[str, Any] | None = None) -> list[str]:
-    """The search's collapse/indecision warnings, the bench's notes (INT8 refused or slower) and the check's."""
+                    bench: dict[str, Any] | None = None, *, evaluation: dict[str, Any] | None = None,
+                    pipeline: dict[str, Any] | None = None) -> list[str]:
+    """The search's collapse/indecision warnings, the bench's notes (INT8 refused or slower than fp32), the
+    check's, budget margins within the measurement's noise, and whatever was skipped."""
     out = [f"search: {w}" for w in (summary or {}).get("warnings", [])]
     out += [f"bench: {n}" for n in (bench or {}).get("notes", []) if n]
     out += [f"check: {n}" for n in (check or {}).get("notes", []) if n]
     out += [f"check: {w}" for w in (check or {}).get("warnings", []) if w]
-    return out
+    out += [f"check: {w}" for w in margin_warnings(check, evaluation)]
+    out += skipped_warnings(bench, pipeline)
+    return list(dict.fromkeys(out))
 
 
-def main_table(evaluation: dict[str, Any] | None, bench: dict[str, Any] | None) -> tuple[list[str], list[list[Any]]]:
-    """Paper-style rows: the torch model from eval.json, then every benchmarked artifact."""
-    header = ["model / artifact", "target", "test acc %", "params (M)", "MACs (M)", "PGD acc %", "OoD AUPR %",
-              "p50 ms (b=1)", "p95 ms (b=1)", "throughput img/s (largest batch)"]
+def _size_mb(path: Any) -> str:
+    """File size in MB (10^6 bytes), the one size unit of bench, check and the report."""
+    try:
+        return f"{Path(path).stat().st_size / 1e6:.3f}"
+    except (OSError, TypeError):
+        return "-"
+
+
+def main_table(evaluation: dict[str, Any] | None, bench: dict[str, Any] | None,
+               model_path: Path | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Paper-style rows: the torch model from eval.json, then every benchmarked artifact (size in MB = 10^6 B)."""
+    header = ["model / artifact", "target", "size MB", "test acc %", "params (M)", "MACs (M)", "PGD acc %",
+              "OoD AUPR %", "p50 ms (b=1)", "p95 ms (b=1)", "throughput img/s (largest batch)"]
     rows = []
     cost = (evaluation or {}).get("cost", {})
     params_m = cost["params"] / 1e6 if "params" in cost else None
     macs_m = cost["macs"] / 1e6 if "macs" in cost else None
     if evaluation:
-        rows.append(["model.pt (e2rnas eval)", "-", _pct(evaluation.get("clean_acc")), _num(params_m), _num(macs_m),
+        rows.append(["model.pt (e2rnas eval)", "-", _size_mb(model_path), _pct(evaluation.get("clean_acc")),
+                     _num(params_m), _num(macs_m),
                      _pct(evaluation.get("pgd_acc")), _pct((evaluation.get("ood") or {}).get("aupr_out")),
                      "-", "-", "-"])
     for r in (bench or {}).get("rows", []):
         m, lat = r.get("metrics") or {}, r.get("latency") or {}
         b1 = lat.get("1", {})
         big = lat[max(lat, key=int)] if lat else {}
-        rows.append([f"{r['format']} ({Path(r['artifact']).name})", bench.get("target", {}).get("name", "-"),
+        size = f"{r['size_mb']:.3f}" if r.get("size_mb") is not None else _size_mb(r.get("artifact"))
+        rows.append([f"{r['format']} ({Path(r['artifact']).name})", bench.get("target", {}).get("name", "-"), size,
                      _pct(m.get("accuracy")), _num(params_m), _num(macs_m), _pct(m.get("pgd_accuracy")),
                      _pct(m.get("aupr_out")),
                      _num(b1.get("p50_ms")), _num(b1.get("p95_ms")), _num(big.get("throughput"))])
     return header, rows
+
+
+def provenance_section(pipeline: dict[str, Any] | None, summary: dict[str, Any] | None,
+                       train_summary: dict[str, Any] | None) -> list[str]:
+    """Date, version, git SHA, command and machine of the run (the first stage that recorded them), and one line
+    per stage that did, so that a search and a retrain made by different code or commands show it."""
+    recorded = [(name, rec["provenance"]) for name, rec in (("run", pipeline), ("search", summary),
+                                                            ("train", train_summary)) if rec and rec.get("provenance")]
+    if recorded:
+        source, head = recorded[0]
+        note = f"recorded by the {source}" + (" stage" if source != "run" else "")
+    else:
+        source, head, note = "report", provenance(gpu=False), "of this report (no stage recorded its own)"
+    md = ["## Provenance", "", f"Provenance {note}.", "", _md_table(["", ""], [[k, f"`{v}`" if k == "command" else v]
+                                                                             for k, v in describe(head)]), ""]
+    if len(recorded) > 1:
+        md += [_md_table(["stage", "date (UTC)", "e2rnas", "git SHA", "command"], [
+            [name, p.get("date"), p.get("e2rnas"), (p.get("git_sha") or "-")[:12], f"`{p.get('command')}`"]
+            for name, p in recorded]), ""]
+    return md
 
 
 def build_report(run_dir: str | Path) -> dict[str, Path]:
@@ -224,22 +325,23 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     if not any((summary, evaluation, bench, check)):
         raise E2RNASError(f"{run} holds no search/, eval/, bench/ or check/ results to report on (run `e2rnas run`)")
     genotype = (summary or {}).get("genotype") or (train_summary or {}).get("genotype")
+    model_path = Path((train_summary or {}).get("model") or run / "train" / "model.pt")
     plots: list[tuple[str, str]] = []
-    if plot_search(read_jsonl(search_dir / "metrics.jsonl"), fig_dir / "search.png"):
-        plots.append(("Objectives and MGDA weights over the search", "report/search.png"))
+    if plot_search(read_jsonl(search_dir / "metrics.jsonl"), fig_dir / "search.png", summary):
+        plots.append(("Objectives, MGDA weights and costs against the bounds over the search", "report/search.png"))
     if plot_alphas(read_jsonl(search_dir / "alphas.jsonl"), fig_dir / "alphas.png"):
         plots.append(("Architecture weights (softmax of alpha) per cell type", "report/alphas.png"))
-    if genotype and plot_cells(genotype, fig_dir / "cells.png"):
-        plots.append(("The searched cells", "report/cells.png"))
+    if genotype and (drawn := plot_cells(genotype, fig_dir / "cells.png")):
+        plots.append((f"The searched cells (drawn by {drawn})", "report/cells.png"))
     if bench and plot_latency(bench, fig_dir / "latency.png"):
         plots.append(("Latency per format and batch size", "report/latency.png"))
 
-    md: list[str] = [f"# E2RNAS run report: `{run.name}`", ""]
+    md: list[str] = [f"# E2RNAS run report: `{run.name}`", "", *provenance_section(pipeline, summary, train_summary)]
     if check:
         verdict = "all budget lines pass" if check.get("passed") else "the budget is NOT met"
         md += [f"## Budget check on `{check.get('target', {}).get('name', '?')}`: {verdict}", "",
                _md_table(*check_table(check)), ""]
-    md += ["## Accuracy, size, robustness and latency", "", _md_table(*main_table(evaluation, bench)), ""]
+    md += ["## Accuracy, size, robustness and latency", "", _md_table(*main_table(evaluation, bench, model_path)), ""]
     if evaluation:
         proto = evaluation.get("protocol", {})
         md += [f"PGD: L-inf eps {_num(proto.get('eps'))}, {proto.get('steps')} steps, pixel space [0, 1]; OoD AUPR "
@@ -247,7 +349,7 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
                f"{evaluation.get('samples', {})}. Params exclude the auxiliary head; MACs counted with "
                f"FlopCounterMode (FLOPs = 2 x MACs). Accuracy of exported artifacts is re-measured on the artifact; "
                f"their PGD examples are transferred from the torch model.", ""]
-    warnings = report_warnings(summary, check, bench)
+    warnings = report_warnings(summary, check, bench, evaluation=evaluation, pipeline=pipeline)
     if warnings:
         md += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
     if summary:
@@ -272,42 +374,20 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
 
 
 def _html(markdown: str, run: Path) -> str:
-    """A small Markdown-to-HTML pass for what ``build_report`` writes, with the PNGs inlined (self-contained)."""
-    out, in_code, in_table = [], False, False
-    for line in markdown.splitlines():
-        if line.startswith("```"):
-            out.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-            continue
-        if in_code:
-            out.append(html.escape(line))
-            continue
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
-                continue
-            if not in_table:
-                out.append("<table>")
-                in_table = True
-                out.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-                continue
-            out.append("<tr>" + "".join(f"<td>{html.escape(c).replace('`', '')}</td>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            out.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            rel = line[line.index("](") + 2:-1]
-            data = base64.b64encode((run / rel).read_bytes()).decode()
-            out.append(f'<img alt="{html.escape(rel)}" src="data:image/png;base64,{data}">')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            out.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            out.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        out.append("</table>")
+    """``markdown`` rendered by markdown-it-py (CommonMark and tables, raw HTML escaped), PNGs inlined so that the
+    page is self-contained."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    tokens = md.parse(markdown)
+    for token in tokens:
+        for child in token.children or []:
+            src = child.attrGet("src") if child.type == "image" else None
+            if src and not str(src).startswith("data:") and (run / str(src)).is_file():
+                data = base64.b64encode((run / str(src)).read_bytes()).decode()
+                child.attrSet("src", f"data:image/png;base64,{data}")
+    body = md.renderer.render(tokens, md.options, {})
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>E2RNAS report</title><style>{style}</style>" \
-           f"</head><body>{''.join(out)}</body></html>\n"
+           f"</head><body>{body}</body></html>\n"
