@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.cli._output import console, err_console, print_json, print_table
 from e2rnas.errors import E2RNASError
 
 # Target options, shared with ``e2rnas check``.
@@ -28,6 +29,15 @@ Duration = Annotated[float | None, typer.Option("--duration", help="Time each ba
 Warmup = Annotated[int, typer.Option("--warmup", help="Untimed calls before timing.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: physical cores).")]
 MaxSamples = Annotated[int | None, typer.Option("--max-samples", help="Evaluate on at most N test/OoD images.")]
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    md = "md"
+
+
+Format = Annotated[OutputFormat, typer.Option(
+    "--format", help="Output on stdout: table, json, csv or md (sizes in MB = 10^6 bytes); --json is --format json.")]
 
 
 def resolve_target(target: str | None, target_file: Path | None, host: str | None, port: int,
@@ -72,26 +82,30 @@ def bench(
         "--source-model", help="torch model.pt whose gradients make the transfer attack on ONNX/TensorRT.")] = None,
     host: Host = None, port: Port = 22, identity: Identity = None, known_hosts: KnownHosts = None,
     remote_python: RemotePython = "python3", seed: opt.Seed = None, out: opt.Out = None, json: opt.Json = False,
+    format: Format = OutputFormat.table,
 ) -> None:
     """Measure artifacts on a target: size, accuracy, PGD accuracy, OoD AUPR, latency percentiles, throughput."""
     from e2rnas._io import atomic_write_json
     from e2rnas.deploy_targets.bench import bench as run_bench
 
+    format = "json" if json else OutputFormat(format).value
     t, ssh = resolve_target(target, target_file, host, port, identity, known_hosts, remote_python)
     sizes = _int_list(batch, "--batch")
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
-    with console.status("measuring...", spinner="dots") if not json else nullcontext():
+    with console.status("measuring...", spinner="dots") if format == "table" else nullcontext():
         result = run_bench(artifacts, target=t, batch_sizes=sizes, metrics=wanted, warmup=warmup, runs=runs,
                            duration=duration, threads=threads, dataset=dataset, ood_dataset=ood_dataset,
                            data_dir=data_dir, max_samples=max_samples, source_model=source_model, ssh=ssh,
                            seed=seed or 0)
     path = (out or Path(artifacts[0]).resolve().parent) / "bench.json"
     atomic_write_json(path, result)
-    if json:
-        print_json(result)
-    else:
+    if format == "table":
         show(result)
         console.print(f"wrote {path}")
+    else:  # stdout holds the document alone; notes and warnings go to stderr
+        print_json(result) if format == "json" else print(to_text(result, format), end="")
+        print_notes(result, err_console)
+        err_console.print(f"wrote {path}", highlight=False)
     if any(r["status"] != "ok" for r in result["rows"]):
         raise typer.Exit(1)
 
@@ -104,6 +118,70 @@ def _ms(x: float | None) -> str | None:
     return None if x is None else f"{x:.3g}" if x < 100 else f"{x:.0f}"
 
 
+COLUMNS = ("artifact", "format", "status", "size_mb", "accuracy", "pgd_accuracy", "aupr_out", "batch", "p50_ms",
+           "p95_ms", "cv", "throughput", "warning")
+
+
+def flat_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per artifact and batch size, in ``COLUMNS`` (size in MB = 10^6 bytes; cv = std / mean)."""
+    from e2rnas.deploy_targets.bench import latency_warnings
+
+    out = []
+    for r in result["rows"]:
+        m = r.get("metrics") or {}
+        for b, s in (r.get("latency") or {"": {}}).items():
+            mean = s.get("mean_ms")
+            status = "ok" if r["status"] == "ok" else f"error: {r['error']}"
+            out.append({"artifact": r["artifact"], "format": r["format"],
+                        "status": f"skipped: {s['skipped']}" if "skipped" in s else status,
+                        "size_mb": round(r["size_mb"], 3) if r.get("size_mb") is not None else None,
+                        "accuracy": m.get("accuracy"), "pgd_accuracy": m.get("pgd_accuracy"),
+                        "aupr_out": m.get("aupr_out"), "batch": b or None, "p50_ms": s.get("p50_ms"),
+                        "p95_ms": s.get("p95_ms"), "cv": s.get("std_ms") / mean if mean and "std_ms" in s else None,
+                        "throughput": s.get("throughput"), "warning": "; ".join(latency_warnings({b: s})) or None})
+    return out
+
+
+def to_text(result: dict[str, Any], kind: str) -> str:
+    """``bench.json`` as CSV (every column, for a spreadsheet) or a Markdown table (for a README or a PR)."""
+    rows = flat_rows(result)
+    if kind == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buf.getvalue()
+    cells = [[Path(r["artifact"]).name, r["format"], r["status"], _num(r["size_mb"], ".3f"), _pct(r["accuracy"]),
+              _pct(r["pgd_accuracy"]), _pct(r["aupr_out"]), r["batch"], _ms(r["p50_ms"]), _ms(r["p95_ms"]),
+              _num(r["cv"], ".2f"), _num(r["throughput"], ".0f")] for r in rows]
+    header = ["artifact", "format", "status", "MB", "acc %", "PGD %", "AUPR %", "batch", "p50 ms", "p95 ms", "cv",
+              "img/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join("-" if c is None else str(c).replace("|", "\\|") for c in row) + " |"
+              for row in cells]
+    warnings = [f"- warning: {r['format']} ({Path(r['artifact']).name}): {r['warning']}" for r in rows
+                if r["warning"]]
+    return "\n".join(lines + ([""] + warnings if warnings else [])) + "\n"
+
+
+def _num(x: float | None, spec: str) -> str | None:
+    return None if x is None else format(x, spec)
+
+
+def print_notes(result: dict[str, Any], out: Any) -> None:
+    """The row warnings (noisy timing, precision, power mode), metric notes and the bench's notes."""
+    for r in result["rows"]:
+        for note in (r.get("metrics") or {}).get("notes", []):
+            out.print(f"[yellow]note[/] {r['format']}: {note}", highlight=False)
+        for warning in r.get("warnings", []):
+            out.print(f"[yellow]warning[/] {r['format']}: {warning}", highlight=False)
+    for note in result.get("notes", []):
+        out.print(f"[yellow]note[/] {note}", highlight=False)
+
+
 def show(result: dict[str, Any]) -> None:
     rows = []
     for r in result["rows"]:
@@ -114,7 +192,7 @@ def show(result: dict[str, Any]) -> None:
             status = "ok" if r["status"] == "ok" else f"error: {r['error']}"
             if "skipped" in s:
                 status = f"skipped: {s['skipped']}"
-            rows.append([r["format"] if first else "", status, f"{r['size_mb']:.2f}" if first else None,
+            rows.append([r["format"] if first else "", status, f"{r['size_mb']:.3f}" if first else None,
                          _pct(m.get("accuracy")) if first else None, _pct(m.get("pgd_accuracy")) if first else None,
                          _pct(m.get("aupr_out")) if first else None, b, _ms(s.get("p50_ms")), _ms(s.get("p95_ms")),
                          None if s.get("throughput") is None else f"{s['throughput']:.0f}"])
@@ -129,8 +207,4 @@ def show(result: dict[str, Any]) -> None:
                         + (f", tensorrt {v['tensorrt']}" if v.get("tensorrt") else "")
                         + (f"; providers {', '.join(providers)}" if providers else "")
                         + "; acc/PGD/AUPR re-measured on each artifact (OoD AUPR: OoD positive)")
-    for r in result["rows"]:
-        for note in (r.get("metrics") or {}).get("notes", []) + r.get("warnings", []):
-            console.print(f"[yellow]note[/] {r['format']}: {note}", highlight=False)
-    for note in result.get("notes", []):
-        console.print(f"[yellow]note[/] {note}", highlight=False)
+    print_notes(result, console)

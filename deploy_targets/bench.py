@@ -235,8 +235,27 @@ def measure_artifact(path: Path, *, target: Target, batch_sizes: Sequence[int], 
         row.update(status="error", error=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
     if facts.get("int8_scheme"):
         row["int8_scheme"] = facts["int8_scheme"]
+    row["warnings"] = list(row.get("warnings") or []) + latency_warnings(row["latency"])
     row["seconds"] = round(time.perf_counter() - t0, 2)
     return row
+
+
+def latency_warnings(latency: dict[str, Any]) -> list[str]:
+    """``LatencyStats.noise_warning()`` of each measured batch size (remote rows come back as plain dicts)."""
+    from dataclasses import fields
+
+    from e2rnas.deploy_targets.runners import LatencyStats
+
+    names = {f.name for f in fields(LatencyStats)}
+    out = []
+    for stats in latency.values():
+        try:
+            warning = LatencyStats(**{k: v for k, v in stats.items() if k in names}).noise_warning()
+        except (TypeError, ZeroDivisionError):  # a skipped batch or a runner that records fewer fields
+            continue
+        if warning:
+            out.append(warning)
+    return out
 
 
 @contextlib.contextmanager
