@@ -93,7 +93,7 @@ class ExportResult:
     format: str
     precision: str
     path: str | None  # None when nothing was written (the artifact failed validation)
-    size_mb: float | None
+    size_mb: float | None  # MB = 10^6 bytes, the unit of bench, check and the report
     max_abs_diff: float | None
     top1_agreement: float | None
     status: str  # "ok" or "failed"

@@ -251,7 +251,7 @@ def _validated_write(ctx: _Context, path: Path, cfg: ExportConfig, make: Any, pr
         return ExportResult(cfg.format, cfg.precision, None, None, rej.parity.max_abs_diff,
                             rej.parity.top1_agreement, "failed", details)
     parity = details["parity"]
-    return ExportResult(cfg.format, cfg.precision, str(path), round(path.stat().st_size / 2**20, 3),
+    return ExportResult(cfg.format, cfg.precision, str(path), round(path.stat().st_size / 1e6, 3),
                         parity["max_abs_diff"], parity["top1_agreement"], "ok", details)
 
 

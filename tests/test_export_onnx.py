@@ -56,6 +56,7 @@ def test_every_genotype_exports_checks_and_matches_torch(name, tmp_path):
     (result,) = export_model(name, out_dir=tmp_path, **FAST)
     assert result.ok, result.details
     assert result.path == str(tmp_path / "model.onnx") and result.size_mb > 0
+    assert result.size_mb == round((tmp_path / "model.onnx").stat().st_size / 1e6, 3)  # MB = 10^6 bytes, not MiB
     model = onnx.load(result.path)
     onnx.checker.check_model(model, full_check=True)
     assert [i.name for i in model.graph.input] == ["images"] and [o.name for o in model.graph.output] == ["logits"]
