@@ -1,16 +1,44 @@
-"""Build a frozen config dataclass from a preset, an optional YAML file and the flags, in that order."""
+"""Typed settings: a preset, then a YAML file, then the flags, validated by pydantic v2 into a frozen config.
+
+The library's config dataclasses (``SearchConfig``, ``TrainConfig``, ...) are the schema; pydantic validates a
+merged mapping against them (``TypeAdapter``), so ``3e-4`` in YAML is a number, ``"5"`` an int, a wrong type one
+line naming the key and where it came from. A YAML key is the flag's name (``channels``, ``deploy_channels``,
+``macs_bound``, ``arch_lr``); the field names the library uses (``C``, ``deploy_C``, ``flops_bound``, ``a_lr``)
+are accepted as aliases, so old files and a run's own ``config.yaml`` keep working.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 from e2rnas._io import read_yaml
 from e2rnas.errors import E2RNASError
-from e2rnas.presets import preset_section
+from e2rnas.presets import PRESETS, preset_section
 
 T = TypeVar("T")
+
+#: section -> {library field: flag name (without --, with _)} where they differ
+FLAG_NAMES: dict[str, dict[str, str]] = {
+    "search": {"C": "channels", "deploy_C": "deploy_channels", "deploy_input_size": "deploy_image_size",
+               "flops_bound": "macs_bound", "a_lr": "arch_lr", "normalization": "grad_norm"},
+    "train": {"C": "channels"},
+}
+
+
+def flag_name(section: str, field: str) -> str:
+    return FLAG_NAMES.get(section, {}).get(field, field)
+
+
+def field_name(section: str, key: str) -> str | None:
+    """The library field for a YAML key or flag name (either spelling, ``-`` or ``_``), or None."""
+    key = key.replace("-", "_")
+    for field, flag in FLAG_NAMES.get(section, {}).items():
+        if key in (field, flag):
+            return field
+    return key
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -20,20 +48,142 @@ def load_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(cls: type[T], *, preset: str, section: str, config_file: Path | None = None,
-                 overrides: dict[str, Any] | None = None) -> T:
-    """Preset, then the file's ``section:`` block (or its top level), then flags that were given (not None)."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values: dict[str, Any] = {k: v for k, v in preset_section(preset, section).items() if k in fields}
-    if config_file is not None:
-        data = load_yaml(config_file)
-        data = data.get(section, data) if isinstance(data.get(section), dict) else data
-        unknown = sorted(set(data) - set(fields) - {"preset"})
-        if unknown:
-            raise E2RNASError(f"{config_file}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
-        values.update(data)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+def _file_section(path: Path, section: str) -> dict[str, Any]:
+    data = load_yaml(path)
+    return data[section] if isinstance(data.get(section), dict) else data
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _normalise(cls: type, section: str, raw: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Map flag names to fields; reject unknown keys in one line naming them and the valid ones."""
+    fields = _fields(cls)
+    out: dict[str, Any] = {}
+    unknown = []
+    for key, value in raw.items():
+        if key == "preset":
+            continue
+        field = field_name(section, str(key))
+        if field not in fields:
+            unknown.append(str(key))
+            continue
+        out[field] = value
+    if unknown:
+        import difflib
+
+        names = sorted(flag_name(section, f) for f in fields)
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, names, n=1)) else k
+                 for k in sorted(unknown)]
+        raise E2RNASError(f"{origin}: unknown setting(s) {', '.join(hints)} in {section}; valid: {', '.join(names)}")
+    return out
+
+
+def _split_lists(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """``"val,ood"`` for a tuple field (as a flag gives it) becomes a list before validation."""
+    hints = typing.get_type_hints(cls)
+    out = dict(values)
+    for key, value in values.items():
+        if isinstance(value, str) and typing.get_origin(hints.get(key)) is tuple:
+            out[key] = [v.strip() for v in value.split(",") if v.strip()]
+    return out
+
+
+def validate(cls: type[T], values: dict[str, Any], *, section: str, origins: dict[str, str]) -> T:
+    """The frozen config, or one ``E2RNASError`` line naming the key, its source and what is wrong."""
+    import pydantic
+
     try:
-        return cls(**values)
+        return pydantic.TypeAdapter(cls).validate_python(_split_lists(cls, values))
+    except pydantic.ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = [p for p in err.get("loc", ()) if isinstance(p, str)]
+        if not loc:  # a check across fields (the dataclass's __post_init__)
+            sources = ", ".join(dict.fromkeys(v for v in origins.values() if not v.startswith("--")))
+            raise E2RNASError(f"bad {section} settings ({sources or 'defaults'} and flags): {msg}") from None
+        key = loc[0]
+        where = origins.get(key, "default")
+        got = err.get("input")
+        what = where if where.startswith("--") else f"{where}: {flag_name(section, key)}"
+        raise E2RNASError(f"{what}: {msg} (got {got!r})") from None
     except (TypeError, ValueError) as exc:
-        raise E2RNASError(f"bad {section} settings: {exc}") from exc
+        raise E2RNASError(f"bad {section} settings: {exc}") from None
+
+
+def build_config(cls: type[T], *, preset: str, section: str, config_file: Path | None = None,
+                 overrides: dict[str, Any] | None = None, run_config: Path | None = None) -> T:
+    """Preset < the file's ``section:`` block (or its top level) < flags that were given (not None).
+
+    ``run_config`` (a resumed run's own ``config.yaml``) replaces preset and file: the run continues with the
+    settings it started with, and a file or flag that says otherwise is an error naming the key."""
+    origins: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    fields = _fields(cls)
+    if run_config is not None:
+        values = _normalise(cls, section, _file_section(run_config, section), str(run_config))
+        origins = dict.fromkeys(values, str(run_config))
+    else:
+        values = {k: v for k, v in preset_section(preset, section).items() if k in fields}
+        origins = dict.fromkeys(values, f"preset {preset}")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        layers.append((str(config_file), _normalise(cls, section, _file_section(config_file, section),
+                                                    str(config_file))))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers.append(("flag", {k: v for k, v in given.items()}))
+    for origin, layer in layers:
+        for key, value in layer.items():
+            where = f"--{flag_name(section, key).replace('_', '-')}" if origin == "flag" else origin
+            if run_config is not None and key in values and not _same(values[key], value):
+                raise E2RNASError(f"{where} {value!r} conflicts with the run's {run_config.name} "
+                                  f"({flag_name(section, key)}: {values[key]!r}): a resumed run keeps its settings; "
+                                  f"drop the flag, or start a new run in another --out")
+            values[key] = value
+            origins[key] = where
+    if "device" in fields and values.get("device", "auto") == "auto":
+        from e2rnas.cli._options import resolve_device
+
+        values["device"] = resolve_device("auto")
+        origins.setdefault("device", "--device auto")
+    return validate(cls, values, section=section, origins=origins)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as settings: ``[5, 11]`` and ``(5, 11)``, ``1`` and ``1.0``, ``"a,b"`` and ``("a", "b")``."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, str) and "," in v:
+            return tuple(s.strip() for s in v.split(","))
+        if isinstance(v, list | tuple):
+            return tuple(norm(x) for x in v)
+        return v
+
+    return norm(a) == norm(b)
+
+
+def config_yaml(cfg: Any, *, section: str) -> str:
+    """A resolved config as YAML under its section, with flag names as keys: a valid ``--config`` file."""
+    import yaml
+
+    body = {flag_name(section, k): (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(cfg).items()}
+    return yaml.safe_dump({section: body}, sort_keys=False)
+
+
+def print_resolved(cfg: Any, *, section: str) -> None:
+    """``--print-config``: the resolved settings (preset + file + flags) on stdout as YAML, then stop."""
+    import sys
+
+    sys.stdout.write(config_yaml(cfg, section=section))
+
+
+def preset_values(section: str, field: str) -> str:
+    """``embedded-default: 6, paper: 50`` for --help: each preset's value of a setting (its default if unset)."""
+    parts = []
+    for name, sections in PRESETS.items():
+        if name not in ("embedded-default", "paper"):
+            continue
+        value = sections.get(section, {}).get(field, "default")
+        parts.append(f"{name}: {list(value) if isinstance(value, tuple) else value}")
+    return ", ".join(parts)

@@ -1,10 +1,14 @@
-"""The ``e2rnas`` Typer app: command registration, ``--version`` and the one error mapper."""
+"""The ``e2rnas`` Typer app: command registration, global options (``--version``, ``-v/-q``, ``--log-file``),
+help that shows each preset's values, and the one error mapper."""
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -15,26 +19,28 @@ app = typer.Typer(
     name="e2rnas",
     help="E2RNAS: search, retrain, evaluate, export and deploy accurate, small, fast and robust networks.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 
-#: (command name, module under e2rnas.cli, function name)
+#: (command name, module under e2rnas.cli, function name), in the order of the workflow (and of --help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
-    ("genotypes", "info_cmd", "genotypes"),
-    ("cost", "info_cmd", "cost"),
-    ("bench", "bench_cmd", "bench"),
-    ("check", "check_cmd", "check"),
-    ("search", "search_cmd", "search"),
     ("run", "run_cmd", "run"),
-    ("report", "run_cmd", "report"),
-    ("export", "export_cmd", "export"),
-    # Add new commands here: (name, module in cli/, function).
+    ("search", "search_cmd", "search"),
     ("train", "train_cmd", "train"),
     ("eval", "eval_cmd", "eval_model"),
+    ("export", "export_cmd", "export"),
+    ("bench", "bench_cmd", "bench"),
+    ("check", "check_cmd", "check"),
+    ("report", "run_cmd", "report"),
     ("lut", "lut_cmd", "lut"),
-
+    ("cost", "info_cmd", "cost"),
+    ("genotypes", "info_cmd", "genotypes"),
+    # Add new commands here: (name, module in cli/, function).
 )
+#: command -> (config section, config class path) whose presets --help shows per option
+PRESET_HELP = {"search": ("search", "e2rnas.search:SearchConfig"), "train": ("train", "e2rnas.train:TrainConfig")}
+GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"}
 
 
 def _version(value: bool) -> None:
@@ -46,12 +52,122 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More log lines (-vv: debug). Also after "
+                                                                      "the command name."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+    log_file: Path | None = typer.Option(None, "--log-file", help="Also write the log (debug level) to this file."),
 ) -> None:
     """E2RNAS command line."""
+    setup_logging(verbose=verbose, quiet=quiet, log_file=log_file)
+
+
+def setup_logging(*, verbose: int = 0, quiet: bool = False, log_file: Path | None = None) -> None:
+    """stdlib logging through rich's handler on stderr (-v info, -vv debug, -q warnings); ``log_file`` gets all."""
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else
+                                           logging.INFO if verbose == 1 else logging.WARNING)
+    handlers: list[logging.Handler] = [RichHandler(console=Console(stderr=True), show_path=False, level=level)]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        file_handler.setLevel(logging.DEBUG)
+        handlers.append(file_handler)
+    log = logging.getLogger("e2rnas")
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    for h in handlers:
+        log.addHandler(h)
+    log.setLevel(logging.DEBUG if log_file is not None else level)
+    log.propagate = False
 
 
 for _name, _module, _func in COMMANDS:
     app.command(_name)(getattr(importlib.import_module(f"e2rnas.cli.{_module}"), _func))
+
+
+def cli_command() -> Any:
+    """The click command of ``app``, with plain flags shown without a ``<bool>`` type and the search/train
+    options' help naming each preset's value (``[embedded-default: 6, paper: 50]``)."""
+    group = typer.main.get_command(app)  # typer may vendor click: options are recognised by their attributes
+    for command in [group, *getattr(group, "commands", {}).values()]:
+        _plain_help_flag(command)
+        section_cls = PRESET_HELP.get(command.name or "")
+        fields = _fields(section_cls[1]) if section_cls else {}
+        for param in command.params:
+            if getattr(param, "param_type_name", "") != "option":
+                continue
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+            if section_cls and param.opts and not getattr(param, "hidden", False):
+                _add_preset_help(param, section_cls[0], fields)
+    return group
+
+
+def _plain_help_flag(command: Any) -> None:
+    """``--help`` is made on demand by click: give it no type column either."""
+    make = command.get_help_option
+
+    def get_help_option(ctx: Any) -> Any:
+        option = make(ctx)
+        if option is not None and option.metavar is None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = get_help_option
+
+
+def _fields(path: str) -> dict[str, Any]:
+    import dataclasses
+
+    module, _, name = path.partition(":")
+    return {f.name: f for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+
+
+def _add_preset_help(param: Any, section: str, fields: dict[str, Any]) -> None:
+    import dataclasses
+
+    from e2rnas.cli._config import field_name
+    from e2rnas.presets import PRESETS
+
+    key = field_name(section, param.opts[0].lstrip("-"))
+    if key not in fields:
+        return
+    default = fields[key].default
+    default = None if default is dataclasses.MISSING else default
+    shown = []
+    for preset in ("embedded-default", "paper"):
+        value = PRESETS[preset].get(section, {}).get(key, default)
+        shown.append(f"{preset}: {list(value) if isinstance(value, tuple) else value}")
+    from rich.markup import escape
+
+    param.help = f"{param.help or ''} {escape('[' + '; '.join(shown) + ']')}".strip()
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """``e2rnas search -v --log-file x.log ...`` -> ``e2rnas -v --log-file x.log search ...``: the logging options
+    work after the command name too (click reads group options only before it)."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            rest += argv[i:]
+            break
+        if token in GLOBAL_FLAGS:
+            front.append(token)
+        elif token == "--log-file" and i + 1 < len(argv):
+            front += argv[i:i + 2]
+            i += 1
+        elif token.startswith("--log-file="):
+            front.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return front + rest
 
 
 def main() -> None:
@@ -59,10 +175,11 @@ def main() -> None:
     from e2rnas.errors import E2RNASError
 
     try:
-        app(standalone_mode=True)
+        cli_command()(hoist_global_options(sys.argv[1:]), prog_name="e2rnas", standalone_mode=True)
     except E2RNASError as exc:
         if os.environ.get("E2RNAS_DEBUG"):
             raise
+        logging.getLogger("e2rnas").debug("error", exc_info=True)
         error(str(exc))
         sys.exit(2)
     except KeyboardInterrupt:

@@ -19,8 +19,10 @@ Eps = Annotated[str | None, typer.Option("--eps", help="L-inf radius in pixel un
 Steps = Annotated[int | None, typer.Option("--steps", help="PGD steps.")]
 StepSize = Annotated[str | None, typer.Option("--step-size", help="PGD step (default 2.5 eps / steps), e.g. 1/255.")]
 RandomStart = Annotated[bool | None, typer.Option("--random-start/--no-random-start", help="PGD random start.")]
-EvalPreset = Annotated[str, typer.Option(
-    "--preset", help="Attack protocol: paper (eps 2/255, PGD-10) or robustbench (8/255, PGD-20, random start).")]
+AttackPreset = Annotated[str | None, typer.Option(
+    "--attack-preset", help="Attack protocol: paper (eps 2/255, PGD-10; default) or robustbench (8/255, PGD-20, "
+    "random start).")]
+OldPreset = Annotated[str | None, typer.Option("--preset", hidden=True, help="Old name of --attack-preset.")]
 MaxSamples = Annotated[int | None, typer.Option("--max-samples", help="Evaluate on this many test/OoD images.")]
 OodMaxSamples = Annotated[int | None, typer.Option(
     "--ood-max-samples", help="OoD images in the detection pool (default: as --max-samples; 10000 against "
@@ -53,7 +55,8 @@ def _name_of(genotype: Any, meta: dict[str, Any], path: Path) -> str:
 def eval_model(
     model: Annotated[Path, typer.Argument(help="model.pt, or an exported .onnx / .engine (see --source-model).")],
     dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: OodDataset = None,
-    source_model: SourceModel = None, preset: EvalPreset = "paper", eps: Eps = None, steps: Steps = None,
+    source_model: SourceModel = None, attack_preset: AttackPreset = None, preset: OldPreset = None,
+    eps: Eps = None, steps: Steps = None,
     step_size: StepSize = None, random_start: RandomStart = None, max_samples: MaxSamples = None,
     ood_max_samples: OodMaxSamples = None, batch_size: opt.BatchSize = None, seed: opt.Seed = None,
     data_dir: opt.DataDir = None,
@@ -66,8 +69,10 @@ def eval_model(
     from e2rnas.model_io import load_model
     from e2rnas.predict import TorchPredictor, load_predictor
 
-    dev = opt.resolve_device(device or "cpu")
-    protocol = protocol_from(preset, eps=_fraction(eps, "--eps"), steps=steps,
+    dev = opt.resolve_device(device)
+    if attack_preset and preset and attack_preset != preset:
+        raise E2RNASError("--attack-preset and its old name --preset disagree: give --attack-preset only")
+    protocol = protocol_from(attack_preset or preset or "paper", eps=_fraction(eps, "--eps"), steps=steps,
                              step_size=_fraction(step_size, "--step-size"), random_start=random_start,
                              max_samples=max_samples, ood_max_samples=ood_max_samples, batch_size=batch_size,
                              seed=seed)

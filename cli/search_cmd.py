@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._config import build_config
+from e2rnas.cli._config import build_config, print_resolved
 from e2rnas.cli._output import console, print_json, print_table
 from e2rnas.errors import E2RNASError
 
@@ -85,8 +85,11 @@ def search(
     method: Annotated[str | None, typer.Option("--method", help="darts | pc-darts | p-darts.")] = None,
     params_bound: Annotated[float | None, typer.Option("--params-bound", help="L: params of the deployed network, "
                                                        "in M (millions).")] = None,
-    flops_bound: Annotated[float | None, typer.Option("--flops-bound", help="F: multiply-adds (MACs) of the "
-                                                      "deployed network, in M.")] = None,
+    macs_bound: Annotated[float | None, typer.Option("--macs-bound", help="F: multiply-adds (MACs) of the "
+                                                     "deployed network, in M (FLOPs = 2 x MACs).")] = None,
+    flops_bound: Annotated[float | None, typer.Option("--flops-bound", hidden=True,
+                                                      help="Old name of --macs-bound (the value is in MACs).")]
+    = None,
     deploy_layers: Annotated[int | None, typer.Option("--deploy-layers", help="Cells of the deployed network.")] = None,
     deploy_channels: Annotated[int | None, typer.Option("--deploy-channels", help="C of the deployed network.")] = None,
     deploy_image_size: Annotated[int | None, typer.Option("--deploy-image-size", help="Deployed input size.")] = None,
@@ -139,6 +142,7 @@ def search(
     device: opt.Device = None,
     out: opt.Out = None,
     resume: opt.Resume = False,
+    print_config: opt.PrintConfig = False,
     json: opt.Json = False,
 ) -> None:
     """Search a cell with E2RNAS: val, OoD, adversarial, params and MACs objectives (and latency, with --lut)
@@ -155,9 +159,15 @@ def search(
         if ll_ood is None:
             ll_ood = False
             notes.append("no OoD set: the lower level trains without the OoD loss")
-    cfg = build_config(SearchConfig, preset=preset, section="search", config_file=config, overrides=dict(
+    if macs_bound is not None and flops_bound is not None and macs_bound != flops_bound:
+        raise E2RNASError("--macs-bound and its old name --flops-bound disagree: give --macs-bound only")
+    out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_config = out_dir / "config.yaml" if resume and (out_dir / "config.yaml").is_file() else None
+    cfg = build_config(SearchConfig, preset=preset, section="search", config_file=config, run_config=run_config,
+                       overrides=dict(
         dataset=dataset, ood_dataset=ood_dataset, data_dir=str(data_dir) if data_dir else None, download=download,
-        image_size=image_size, method=method, params_bound=params_bound, flops_bound=flops_bound,
+        image_size=image_size, method=method, params_bound=params_bound,
+        flops_bound=macs_bound if macs_bound is not None else flops_bound,
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
         weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
         mgda_update=mgda_update, hvp=hvp, hvp_eps=hvp_eps, ll_ood_weight=ll_ood_weight,
@@ -168,12 +178,14 @@ def search(
         **_latency_bound(latency_bound), lut=str(lut) if lut else None, a_lr=arch_lr,
         max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs, max_normal_free_ops=max_normal_free_ops))
     opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
-    out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     if no_ood:
         try:
             cfg = dataclasses.replace(cfg, ood_dataset=None)
         except ValueError as exc:
             raise E2RNASError(f"bad search settings: {exc}") from exc
+    if print_config:
+        print_resolved(cfg, section="search")
+        return
     if not json:
         for n in notes:
             console.print(f"note: {n}", highlight=False)

@@ -48,25 +48,29 @@ def train(
     ood_weight: OodWeight = None, image_size: opt.ImageSize = None, data_dir: opt.DataDir = None,
     download: opt.Download = None, seed: opt.Seed = None, device: opt.Device = None, out: opt.Out = None,
     resume: opt.Resume = False, max_train_batches: MaxBatches = None, val_fraction: ValFraction = None,
-    json: opt.Json = False,
+    print_config: opt.PrintConfig = False, json: opt.Json = False,
 ) -> None:
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
-    from e2rnas.cli._config import build_config
+    from e2rnas.cli._config import build_config, print_resolved
     from e2rnas.genotypes import resolve_genotype
     from e2rnas.train import TrainConfig
     from e2rnas.train import train as run_train
 
     g = resolve_genotype(genotype)
     out_dir = out or Path("runs") / f"train-{_run_name(genotype)}"
-    if resume and config is None and (out_dir / "config.yaml").is_file():
-        config = out_dir / "config.yaml"  # resume with the run's own settings; flags still override
+    # a resumed run continues with its own settings; a flag or file that says otherwise is an error
+    run_config = out_dir / "config.yaml" if resume and (out_dir / "config.yaml").is_file() else None
     overrides = dict(epochs=epochs, layers=layers, C=channels, batch_size=batch_size, lr=lr, dataset=dataset,
                      test_dataset=test_dataset, ood_dataset=ood_dataset, ood_weight=ood_weight, image_size=image_size,
                      data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
                      device=opt.resolve_device(device) if device else None,
                      max_train_batches=max_train_batches, val_fraction=val_fraction)
-    cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides)
+    cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides,
+                       run_config=run_config)
     opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
+    if print_config:
+        print_resolved(cfg, section="train")
+        return
     summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
                         search_meta=_search_meta(genotype))
     if json:

@@ -211,7 +211,7 @@ class BilevelStep:
         loss_vec = torch.stack(losses)
         gamma, eff = self.weighting.weights(G, loss_vec, names)
         dropped = [n for n, bad in zip(names, self.weighting.degenerate(G, loss_vec), strict=True) if bad]
-        eff = eff.to(G.dtype)
+        eff = eff.to(device=G.device, dtype=G.dtype)
         combined = (eff[:, None] * G).sum(0)
         if second_order and any(t is not None for t in theta_grads):
             v = None

@@ -135,6 +135,7 @@ class Weighting:
         ``paper`` update is sum_k gamma_k g_k (effective = gamma), eq. (10) as the authors' code runs it.
         An objective whose normaliser is ~0 (``degenerate``) gets gamma = 0 instead of a 1e12 multiplier.
         """
+        grads, losses = grads.detach().cpu(), losses.detach().cpu()  # K x |alpha|: small; solved on the CPU
         K = grads.shape[0]
         kind = self.spec.split(":", 1)[0]
         if kind == "equal":
@@ -158,6 +159,7 @@ class Weighting:
 
         Dividing by such a normaliser would scale noise by up to 1e12 and hand it the whole step; the objective
         sits out this step's MGDA instead (gamma 0) and the step record lists it."""
+        grads, losses = grads.detach().cpu(), losses.detach().cpu()
         if self.spec.split(":", 1)[0] != "mgda":
             return torch.zeros(grads.shape[0], dtype=torch.bool)
         bad = grads.detach().norm(dim=1) <= DEGENERATE

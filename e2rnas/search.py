@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from e2rnas.mgda import Weighting
 from e2rnas.objectives import OBJECTIVES, make_objectives
 from e2rnas.provenance import provenance
 from e2rnas.search_model import SearchNetwork
+
+log = logging.getLogger(__name__)
 
 METHODS = ("darts", "pc-darts", "p-darts")
 
@@ -557,6 +560,10 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                          "seconds": time.time() - t0, "genotype": genotype.to_dict(),
                          "mean_normalized_entropy": normalized_entropy(torch.cat(list(run.op_weights().values())))}
             append_jsonl(metrics, epoch_rec)
+            log.info("search epoch %d/%d: val acc %.3f, estimate %.4f M params / %.2f M MACs, genotype %.4f M / "
+                     "%.2f M, entropy %.3f", run.epoch, config.epochs, epoch_rec["val_accuracy"],
+                     epoch_rec["expected_params_m"], epoch_rec["expected_macs_m"], exact.params_m, exact.macs_m,
+                     epoch_rec["mean_normalized_entropy"])
             append_jsonl(alphas, {"epoch": run.epoch, **{n: p.detach().cpu().tolist() for n, p in
                                                           run.model.named_parameters()
                                                           if n in ("alpha_normal", "alpha_reduce", "beta_normal",

@@ -8,6 +8,7 @@ validation epoch) and ``summary.json``.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from e2rnas.genotypes import Genotype
 from e2rnas.model import VARIANTS, Network, count_macs, count_params
 from e2rnas.model_io import NetworkSpec, load_model, save_model
 from e2rnas.provenance import provenance
+
+log = logging.getLogger(__name__)
 
 #: Data sets with no split of their own; they are split per class, 80% train / 20% test, with a fixed seed.
 SPLITLESS = ("npz", "imagefolder")
@@ -299,6 +302,8 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
             rec = _train_epoch(model, optimizer, data, cfg, gen, device, epoch, bar)
             scheduler.step()
             rec["val_acc"] = accuracy(model, data.val, device=device) if data.val is not None else None
+            log.info("train epoch %d/%d: loss %.4f, train acc %.3f, val acc %s, %.1f s", epoch + 1, cfg.epochs,
+                     rec["train_loss"], rec["train_acc"], rec["val_acc"], rec["time_s"])
             score = rec["val_acc"] if rec["val_acc"] is not None else 0.0
             rec["best"] = data.val is None or score > best["val_acc"]
             if rec["best"]:  # no validation split: the last epoch is the selected one

@@ -323,7 +323,7 @@ def _tensorrt(ctx: _Context, onnx_path: Path, *, env: Any, precision: str, works
     from e2rnas.export.tensorrt import TensorRTPredictor, build_engine
 
     name = artifact_name("tensorrt", precision, static_batch=ctx.static, trt_version=env.version,
-                         compute_capability=env.compute_capability)
+                         compute_capability=env.compute_capability, gpu=env.identity().model)
     path = ctx.out_dir / name
     cache_tag = _digest(onnx_path.read_bytes(), calib.tobytes() if calib is not None else b"")
     ort_logits = V.run_batched(_ort(onnx_path), ctx.x, ctx.static or ctx.check_batch, static=bool(ctx.static))
@@ -347,7 +347,8 @@ def _tensorrt(ctx: _Context, onnx_path: Path, *, env: Any, precision: str, works
     if result.ok:
         sidecar = path.with_suffix(".json")
         kept_onnx = str(onnx_path) if onnx_path.parent == ctx.out_dir else None
-        atomic_write_json(sidecar, {"engine": path.name, "onnx": kept_onnx, "e2rnas_version": __version__,
+        atomic_write_json(sidecar, {"engine": path.name, "onnx": kept_onnx, "identity": env.identity().as_dict(),
+                                    "e2rnas_version": __version__,
                                     "versions": _versions(), "built_at": _now(), **details})
         details["sidecar"] = str(sidecar)
     return ExportResult(**{**asdict(result), "details": details})
