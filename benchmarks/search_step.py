@@ -76,10 +76,11 @@ def child(cfg: dict, mode: dict, warmup: int, steps: int, device: str = "cpu") -
         cost = CostModel(DeployShape())
         w_opt = torch.optim.SGD(model.weight_parameters(), lr=0.025, momentum=0.9, weight_decay=3e-4)
         a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-        step = BilevelStep(model, objectives=make_objectives(mode["objectives"]), weighting=Weighting("mgda"),
+        step = BilevelStep(model, objectives=make_objectives(mode["objectives"]),
+                           weighting=Weighting("mgda", update=mode.get("mgda_update", "normalized")),
                            cost_model=cost, w_optimizer=w_opt, a_optimizer=a_opt, first_order=mode["first_order"],
                            ll_ood=mode["ll_ood"], params_bound_m=2.5, macs_bound_m=425.0,
-                           **{k: mode[k] for k in ("hvp", "mgda_update") if k in mode})
+                           hvp=mode.get("hvp", "central"))
 
         def run():
             step.step(batch, lr=0.025, generator=g)
