@@ -43,15 +43,6 @@ def _fraction(text: str | None, name: str) -> float | None:
         raise E2RNASError(f"{name} must be a number or a fraction such as 2/255, got {text!r}") from None
 
 
-def _name_of(genotype: Any, meta: dict[str, Any], path: Path) -> str:
-    from e2rnas.genotypes import GENOTYPES
-
-    for name, g in GENOTYPES.items():
-        if g == genotype:
-            return name
-    return str(meta.get("search", {}).get("genotype_source") or path.parent.name)
-
-
 def eval_model(
     model: Annotated[Path, typer.Argument(help="model.pt, or an exported .onnx / .engine (see --source-model).")],
     dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: OodDataset = None,
@@ -63,11 +54,7 @@ def eval_model(
     download: opt.Download = None, device: opt.Device = None, out: EvalOut = None, json: opt.Json = False,
 ) -> None:
     """Evaluate a trained model (or an exported artifact) on clean, adversarial and OoD data."""
-    from e2rnas._io import atomic_write_json
-    from e2rnas.evaluate import eval_data, evaluate, protocol_from
-    from e2rnas.model import count_macs, count_params
-    from e2rnas.model_io import load_model
-    from e2rnas.predict import TorchPredictor, load_predictor
+    from e2rnas.evaluate import evaluate_file, protocol_from
 
     dev = opt.resolve_device(device)
     if attack_preset and preset and attack_preset != preset:
@@ -76,36 +63,14 @@ def eval_model(
                              step_size=_fraction(step_size, "--step-size"), random_start=random_start,
                              max_samples=max_samples, ood_max_samples=ood_max_samples, batch_size=batch_size,
                              seed=seed)
-    if model.suffix == ".pt":
-        loaded = load_model(model, device=dev)
-        predictor, attack_model = TorchPredictor(loaded.model, dev), None
-    else:
-        predictor = load_predictor(model, device=dev)
-        loaded = load_model(source_model, device=dev) if source_model else None
-        attack_model = loaded.model if loaded else None
-    meta = loaded.meta if loaded else {}
-    data = eval_data(meta.get("data", {}), dataset=dataset, test_dataset=test_dataset, ood_dataset=ood_dataset,
-                     data_dir=data_dir, download=bool(download),
-                     image_size=loaded.spec.input_size if loaded else None)
-    result = evaluate(predictor, test=data.test, ood=data.ood, protocol=protocol, attack_model=attack_model,
-                      progress=not json)
-    result["model"] = str(model)
-    result["data"] = data.specs
-    if loaded is not None:
-        macs = count_macs(loaded.model, input_size=loaded.spec.input_size)
-        result["architecture"] = _name_of(loaded.genotype, meta, source_model or model)
-        result["cost"] = {"params": count_params(loaded.model, exclude_aux=True), "macs": macs, "flops": 2 * macs,
-                          "input_size": loaded.spec.input_size, "counted_on": str(source_model or model)}
-        result["genotype"] = loaded.genotype.to_dict()
-    else:
-        result["architecture"], result["cost"] = model.stem, None
-        result["notes"].append("params/MACs not counted: pass --source-model model.pt")
     out_dir = out or model.parent
-    atomic_write_json(out_dir / "eval.json", result)
+    result = evaluate_file(model, out_dir=out_dir, protocol=protocol, source_model=source_model, dataset=dataset,
+                           test_dataset=test_dataset, ood_dataset=ood_dataset, data_dir=data_dir,
+                           download=bool(download), device=dev, progress=not json)
     if json:
         print_json(result)
         return
-    _table(result)
+    show(result)
     console.print(f"eval.json: {out_dir / 'eval.json'}", highlight=False)
 
 
@@ -113,7 +78,7 @@ def _pct(x: float | None) -> str | None:
     return None if x is None else f"{100 * x:.2f}"
 
 
-def _table(r: dict[str, Any]) -> None:
+def show(r: dict[str, Any]) -> None:
     p, cost, ood = r["protocol"], r["cost"] or {}, r["ood"] or {}
     row = [r["architecture"], _pct(r["test_err"]), _pct(r["clean_acc"]),
            None if not cost else f"{cost['params'] / 1e6:.4f}", None if not cost else f"{cost['macs'] / 1e6:.2f}",

@@ -45,19 +45,48 @@ def run(
         raise E2RNASError(f"bad pipeline settings: {exc}") from exc
     run_dir = out or Path("runs") / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
 
-    def show(stage: str, what: str) -> None:
-        if not json:
-            console.rule(f"[bold]{stage}[/]")
-            console.print(what, highlight=False, soft_wrap=True)
+    def show(stage: str, what: str) -> None:  # with --json the console writes to stderr
+        console.rule(f"[bold]{stage}[/]")
+        console.print(what, highlight=False, soft_wrap=True)
 
     with stages_to_stderr(json):
-        record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, force=force, from_stage=from_stage)
+        record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, on_result=show_result,
+                              force=force, from_stage=from_stage, progress=not json)
     if json:
         print_json(record | {"run_dir": str(run_dir)})
     else:
         console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
     if record.get("check_passed") is False:
         raise typer.Exit(1)
+
+
+def show_result(stage: str, result: dict | None) -> None:
+    """Each stage's own table, as its command prints it."""
+    if not result:
+        return
+    base = stage.split("-")[0]
+    if base == "search":
+        from e2rnas.cli.search_cmd import print_search_summary
+
+        for note in result.get("notes", []):
+            console.print(f"note: {note}", highlight=False)
+        print_search_summary(result)
+    elif base == "eval":
+        from e2rnas.cli.eval_cmd import show
+
+        show(result)
+    elif base == "export":
+        for r in result["results"]:
+            state = "ok" if r["status"] == "ok" else f"refused: {r['details'].get('reason')}"
+            console.print(f"{r['format']} {r['precision']}: {r['path'] or '(not written)'} {state}", highlight=False)
+    elif base == "bench":
+        from e2rnas.cli.bench_cmd import show
+
+        show(result)
+    elif base == "check":
+        from e2rnas.cli.check_cmd import show
+
+        show(result)
 
 
 @contextmanager

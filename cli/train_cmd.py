@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json as _json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -28,18 +27,6 @@ def _run_name(ref: str) -> str:
     return path.stem if path.suffix else ref
 
 
-def _search_meta(ref: str) -> dict[str, Any]:
-    """Provenance of the genotype; a search run directory's summary.json travels into model.pt when present."""
-    meta: dict[str, Any] = {"genotype_source": ref}
-    summary = Path(ref) / "summary.json"
-    if summary.is_file():
-        try:
-            meta["summary"] = _json.loads(summary.read_text())
-        except ValueError:
-            pass
-    return meta
-
-
 def train(
     genotype: Annotated[str, typer.Argument(help="Built-in genotype name, genotype.json or search run directory.")],
     preset: opt.Preset = "embedded-default", config: opt.ConfigFile = None, epochs: opt.Epochs = None,
@@ -53,7 +40,7 @@ def train(
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
     from e2rnas.cli._config import build_config, print_resolved
     from e2rnas.genotypes import resolve_genotype
-    from e2rnas.train import TrainConfig
+    from e2rnas.train import TrainConfig, search_meta
     from e2rnas.train import train as run_train
 
     g = resolve_genotype(genotype)
@@ -72,7 +59,7 @@ def train(
         print_resolved(cfg, section="train")
         return
     summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
-                        search_meta=_search_meta(genotype))
+                        search_meta=search_meta(genotype))
     if json:
         print_json(summary)
         return

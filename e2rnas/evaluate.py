@@ -239,3 +239,47 @@ def eval_data(data_meta: dict[str, Any], *, dataset: str | None = None, test_dat
     ood = load_split(ood_spec, "test", **kw) if ood_spec else None
     return EvalData(test, ood, {"dataset": spec, "test_dataset": test_spec, "ood_dataset": ood_spec,
                                 "image_size": test.image_size})
+
+
+def evaluate_file(model: str | Path, *, out_dir: str | Path | None = None, protocol: EvalProtocol,
+                  source_model: str | Path | None = None, dataset: str | None = None,
+                  test_dataset: str | None = None, ood_dataset: str | None = None, data_dir: str | Path | None = None,
+                  download: bool = False, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Evaluate ``model.pt`` (or an exported .onnx/.engine, with ``source_model`` for sizes and transfer attacks)
+    and write ``eval.json`` into ``out_dir`` (default: the model's folder); returns what it wrote."""
+    from e2rnas._io import atomic_write_json
+    from e2rnas.genotypes import GENOTYPES
+    from e2rnas.model import count_macs, count_params
+    from e2rnas.model_io import load_model
+    from e2rnas.predict import TorchPredictor, load_predictor
+
+    model = Path(model)
+    if model.suffix == ".pt":
+        loaded = load_model(model, device=device)
+        predictor, attack_model = TorchPredictor(loaded.model, device), None
+    else:
+        predictor = load_predictor(model, device=device)
+        loaded = load_model(source_model, device=device) if source_model else None
+        attack_model = loaded.model if loaded else None
+    meta = loaded.meta if loaded else {}
+    data = eval_data(meta.get("data", {}), dataset=dataset, test_dataset=test_dataset, ood_dataset=ood_dataset,
+                     data_dir=data_dir, download=bool(download),
+                     image_size=loaded.spec.input_size if loaded else None)
+    result = evaluate(predictor, test=data.test, ood=data.ood, protocol=protocol, attack_model=attack_model,
+                      progress=progress)
+    result["model"] = str(model)
+    result["data"] = data.specs
+    if loaded is not None:
+        macs = count_macs(loaded.model, input_size=loaded.spec.input_size)
+        counted_on = Path(source_model) if source_model else model
+        name = next((n for n, g in GENOTYPES.items() if g == loaded.genotype), None)
+        result["architecture"] = name or str(meta.get("search", {}).get("genotype_source") or counted_on.parent.name)
+        result["cost"] = {"params": count_params(loaded.model, exclude_aux=True), "macs": macs, "flops": 2 * macs,
+                          "input_size": loaded.spec.input_size, "counted_on": str(counted_on)}
+        result["genotype"] = loaded.genotype.to_dict()
+    else:
+        result["architecture"], result["cost"] = model.stem, None
+        result["notes"].append("params/MACs not counted: pass --source-model model.pt")
+    atomic_write_json(Path(out_dir or model.parent) / "eval.json", result)
+    return result
+

@@ -1,14 +1,16 @@
-"""``e2rnas run``: search -> train -> eval -> export -> bench -> check -> report, in one run directory.
+"""``e2rnas run``: lut -> search -> train -> eval -> export -> bench -> check -> report, in one run directory.
 
-The pipeline only composes the stage commands: each stage is the exact ``e2rnas <stage> ...`` argument list a user
-could type (recorded in ``pipeline.json`` and the report), run in-process. A stage whose outputs are complete is
-skipped; a stage with a checkpoint but no final output resumes (``--resume``), so a re-run after an interruption
-continues where it stopped.
+Each stage calls one library function (``e2rnas.stages``: ``run_search``, ``train``, ``evaluate_file``,
+``export_model``, ``bench``, ``check``, ``build_report``) with the run's settings; the same stage as the
+``e2rnas <stage> ...`` command a user could type is recorded in ``pipeline.json`` and the report. A stage whose
+outputs are complete is skipped; a stage with a checkpoint but no final output resumes, so a re-run after an
+interruption continues where it stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -16,9 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2rnas import stages as S
 from e2rnas._io import atomic_write_json
 from e2rnas.errors import E2RNASError
 from e2rnas.presets import preset_section
+
+log = logging.getLogger(__name__)
 
 STAGES = ("lut", "search", "train", "eval", "export", "bench", "check", "report")
 BENCH_DEFAULTS = {"batch": "1,64", "metrics": "latency,accuracy,robustness,ood", "runs": 50}
@@ -73,15 +78,17 @@ def flags(options: dict[str, Any]) -> list[str]:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    argv: list[str] | Callable[[], list[str]]  # a callable when the arguments depend on an earlier stage's files
+    argv: list[str] | Callable[[], list[str]]  # the equivalent command (a callable when it depends on earlier files)
     done: Callable[[], bool]
+    run: Callable[[bool], S.Result]  # resume -> (code, result): the library call
     resumable: Callable[[], bool] = lambda: False
     ok_exit_codes: tuple[int, ...] = (0,)
 
 
-def plan(cfg: PipelineConfig, run_dir: Path) -> list[Stage]:
-    """The stage commands for one run directory, in order."""
+def plan(cfg: PipelineConfig, run_dir: Path, *, progress: bool = True) -> list[Stage]:
+    """The stages of one run directory, in order."""
     r = Path(run_dir)
+    ctx = S.StageContext(run_dir=r, preset=cfg.preset, target=cfg.target, progress=progress)
     s, t, e, x, b, c = (r / n for n in ("search", "train", "eval", "export", "bench", "check"))
     table = r / "lut" / "lut.json"
     preset = ["--preset", cfg.preset]
@@ -101,51 +108,41 @@ def plan(cfg: PipelineConfig, run_dir: Path) -> list[Stage]:
 
     stages = [
         Stage("lut", ["lut", *preset, "--target", cfg.target, "--out", str(table), *flags(deploy_flags | cfg.lut)],
-              done=lambda: table.is_file()),
+              done=lambda: table.is_file(), run=lambda resume: S.lut(ctx, cfg.lut, deploy_flags)),
         Stage("search", ["search", *preset, "--out", str(s), *(search_lut if with_lut else []), *flags(cfg.search)],
               done=lambda: (s / "summary.json").is_file() and (s / "genotype.json").is_file(),
+              run=lambda resume: S.search(ctx, cfg.search, resume=resume, lut_file=table if with_lut else None,
+                                          latency_bound=cfg.latency_bound),
               resumable=lambda: (s / "checkpoint.pt").is_file()),
         Stage("train", ["train", genotype_ref, *preset, "--out", str(t), *flags(cfg.train)],
               done=lambda: (t / "summary.json").is_file() and (t / "model.pt").is_file(),
+              run=lambda resume: S.train(ctx, cfg.train, genotype=genotype_ref, resume=resume),
               resumable=lambda: (t / "checkpoint.pt").is_file()),
         Stage("eval", ["eval", str(t / "model.pt"), "--out", str(e), *flags(eval_flags)],
-              done=lambda: (e / "eval.json").is_file()),
+              done=lambda: (e / "eval.json").is_file(), run=lambda resume: S.evaluate(ctx, eval_flags)),
         Stage("export", ["export", str(t / "model.pt"), "--onnx", "--out", str(x), *flags(cfg.export)],
-              done=lambda: (x / "export.json").is_file() and (x / "model.onnx").is_file()),
+              done=lambda: (x / "export.json").is_file() and (x / "model.onnx").is_file(),
+              run=lambda resume: S.export(ctx, cfg.export, precision="fp32")),
         Stage("export-int8", ["export", str(t / "model.pt"), "--onnx", "--precision", "int8", "--out", str(x),
                               *flags(cfg.export)],
-              done=lambda: (x / "model.int8.onnx").is_file(), ok_exit_codes=(0, 1)),  # 1: refused by the gate
-        Stage("bench", bench_argv, done=lambda: (b / "bench.json").is_file()),
+              done=lambda: (x / "model.int8.onnx").is_file(), ok_exit_codes=(0, 1),  # 1: refused by the gate
+              run=lambda resume: S.export(ctx, cfg.export, precision="int8")),
+        Stage("bench", bench_argv, done=lambda: (b / "bench.json").is_file(),
+              run=lambda resume: S.bench(ctx, BENCH_DEFAULTS | cfg.bench)),
         Stage("check", ["check", str(r), "--target", cfg.target, "--out", str(c),
                         *(["--budget", cfg.budget] if cfg.budget else []), *flags(cfg.check)],
-              done=lambda: (c / "check.json").is_file(), ok_exit_codes=(0, 1)),
-        Stage("report", ["report", str(r)], done=lambda: False),
+              done=lambda: (c / "check.json").is_file(), ok_exit_codes=(0, 1),
+              run=lambda resume: S.check(ctx, cfg.check, budget=cfg.budget)),
+        Stage("report", ["report", str(r)], done=lambda: False, run=lambda resume: S.report(ctx)),
     ]
     if cfg.genotype:
         cfg = dataclasses.replace(cfg, skip=(*cfg.skip, "search", "lut"))
     return [st for st in stages if st.name.split("-")[0] not in cfg.skip]
 
 
-def _invoke(argv: Sequence[str]) -> int:
-    """Run one ``e2rnas`` command in this process; returns its exit code (errors propagate as exceptions)."""
-    from e2rnas.cli.app import app
-
-    try:
-        code = app(list(argv), standalone_mode=False)  # click returns a raised Exit's code here
-        return int(code) if isinstance(code, int) else 0
-    except SystemExit as exc:  # typer.Exit(code) inside a command
-        return int(exc.code or 0)
-    except Exception as exc:
-        # typer vendors click: its Exit carries ``exit_code``; its usage errors ``format_message()``.
-        if type(exc).__name__ == "Exit" and hasattr(exc, "exit_code"):
-            return int(exc.exit_code)
-        if hasattr(exc, "format_message"):
-            raise E2RNASError(f"e2rnas {argv[0]}: {exc.format_message()}") from exc
-        raise
-
-
 def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str, str], None] | None = None,
-                 force: bool = False, from_stage: str | None = None) -> dict[str, Any]:
+                 on_result: Callable[[str, dict[str, Any] | None], None] | None = None, force: bool = False,
+                 from_stage: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) the pipeline; returns and writes ``pipeline.json`` (commands, status, seconds).
 
     Each stage has a fingerprint: its arguments, the contents of the input files it names outside the run
@@ -158,13 +155,16 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     record_path = run_dir / "pipeline.json"
-    stages = plan(cfg, run_dir)
+    stages = plan(cfg, run_dir, progress=progress)
     names = [st.name.split("-")[0] for st in stages]
     if from_stage is not None and from_stage not in names:
         raise E2RNASError(f"--from {from_stage}: not a stage of this run; stages are {', '.join(dict.fromkeys(names))}")
     old = _old_fingerprints(record_path)
+    from e2rnas.provenance import provenance
+
     record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": [], "e2rnas_version": __version__,
-                              "run_dir": str(run_dir.resolve()), "cwd": str(Path.cwd()), "argv": sys.argv}
+                              "run_dir": str(run_dir.resolve()), "cwd": str(Path.cwd()), "argv": sys.argv,
+                              "provenance": provenance()}
     upstream, stale = "", force
     for stage, base in zip(stages, names, strict=True):
         stale = stale or base == from_stage
@@ -184,14 +184,24 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
             if on_stage and changed and not stale:
                 on_stage(stage.name, "settings changed since the last run: running it and the stages after it")
         stale = True  # every stage after one that ran sees new inputs
-        if stage.resumable():
-            argv.append("--resume")
+        resume = stage.resumable()
+        if resume:
             entry["command"] += " --resume"
         if on_stage:
             on_stage(stage.name, entry["command"])
+        log.info("stage %s: %s", stage.name, entry["command"])
         t0 = time.time()
-        code = _invoke(argv)
+        try:
+            code, result = stage.run(resume)
+        except E2RNASError as exc:
+            entry.update(seconds=round(time.time() - t0, 2), status="failed", error=str(exc))
+            record["stages"].append(entry)
+            atomic_write_json(record_path, _merge_times(record_path, record))
+            raise E2RNASError(f"stage {stage.name} failed: {exc}; fix it, then rerun `e2rnas run` to continue") \
+                from exc
         entry.update(seconds=round(time.time() - t0, 2), exit_code=code)
+        if on_result:
+            on_result(stage.name, result)
         if code not in stage.ok_exit_codes:
             entry["status"] = "failed"
             record["stages"].append(entry)

@@ -410,3 +410,18 @@ def _summarise(out_dir: Path, cfg: TrainConfig, genotype: Genotype, data: _Data,
     }
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def search_meta(ref: str | Path) -> dict[str, Any]:
+    """Provenance of a genotype for ``model.pt``: the reference, and a search run's ``summary.json`` when it is one."""
+    import json
+
+    meta: dict[str, Any] = {"genotype_source": str(ref)}
+    summary = Path(ref) / "summary.json"
+    if summary.is_file():
+        try:
+            meta["summary"] = json.loads(summary.read_text())
+        except ValueError:
+            pass
+    return meta
+

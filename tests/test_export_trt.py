@@ -87,8 +87,9 @@ def test_engine_builds_matches_and_records_its_build(precision, tmp_path):
     onnx_res, engine = results
     assert onnx_res.ok and engine.ok, engine.details
     env = engine.details["environment"]
+    built_for = json.loads(Path(engine.path).with_suffix(".json").read_text())["identity"]
     name = artifact_name("tensorrt", precision, trt_version=env["version"],
-                         compute_capability=tuple(env["compute_capability"]), gpu=json.loads(Path(engine.path).with_suffix(".json").read_text())["identity"]["model"])
+                         compute_capability=tuple(env["compute_capability"]), gpu=built_for["model"])
     assert Path(engine.path).name == name
     sidecar = json.loads(Path(engine.path).with_suffix(".json").read_text())
     assert sidecar["precision"] == precision and sidecar["profile"] == {"min": 1, "opt": 1, "max": 16}

@@ -149,3 +149,26 @@ def test_paper_pipeline_evaluates_ood_detection_on_svhn(tmp_path):
     assert mine[0].argv[-2:] == ["--ood-dataset", "none"]  # the run's own flag wins
     default = [s for s in plan(PipelineConfig(), tmp_path) if s.name == "eval"]
     assert "--ood-dataset" not in default[0].argv
+
+
+def test_the_pipeline_composes_library_functions_not_the_cli(tmp_path):
+    """Importing and planning the pipeline loads neither the CLI nor typer; each stage has a library runner."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from e2rnas.pipeline import PipelineConfig, plan; "
+            f"stages = plan(PipelineConfig(), {str(tmp_path)!r}); "
+            "assert all(callable(s.run) for s in stages); "
+            "print(sorted(m for m in sys.modules if m.startswith(('e2rnas.cli', 'typer', 'click'))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_stage_option_the_library_does_not_know_is_one_line(tmp_path):
+    from e2rnas.errors import E2RNASError
+    from e2rnas.stages import StageContext, bench
+
+    ctx = StageContext(run_dir=tmp_path, preset="embedded-default", target="cpu")
+    with pytest.raises(E2RNASError, match=r"^bench: unknown option 'batches' in the run's bench settings"):
+        bench(ctx, {"batches": "1,8"})
