@@ -39,4 +39,7 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """The message is plain text: ``pip install 'e2rnas[sweep]'`` keeps its brackets (no Rich markup)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -26,6 +26,7 @@ app = typer.Typer(
 #: (command name, module under e2rnas.cli, function name), in the order of the workflow (and of --help)
 COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("run", "run_cmd", "run"),
+    ("sweep", "sweep_cmd", "sweep"),
     ("search", "search_cmd", "search"),
     ("train", "train_cmd", "train"),
     ("eval", "eval_cmd", "eval_model"),
