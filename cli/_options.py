@@ -32,3 +32,8 @@ Layers = Annotated[int | None, typer.Option("--layers", help="Cells of the netwo
 Channels = Annotated[int | None, typer.Option("--channels", help="Initial channels C.")]
 ImageSize = Annotated[int | None, typer.Option("--image-size", help="Input resolution (square).")]
 Classes = Annotated[int | None, typer.Option("--classes", help="Number of classes.")]
+
+
+Tracker = Annotated[str | None, typer.Option("--tracker", help="Also send the metrics to tensorboard (<run>/"
+                                                            "tensorboard/) or mlflow (MLFLOW_TRACKING_URI); "
+                                                            "metrics.jsonl stays the record.")]

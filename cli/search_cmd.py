@@ -143,6 +143,7 @@ def search(
     out: opt.Out = None,
     resume: opt.Resume = False,
     print_config: opt.PrintConfig = False,
+    tracker: opt.Tracker = None,
     json: opt.Json = False,
 ) -> None:
     """Search a cell with E2RNAS: val, OoD, adversarial, params and MACs objectives (and latency, with --lut)
@@ -192,8 +193,16 @@ def search(
         console.print(f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
                       f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs")
         console.print(f"run directory: {out_dir}")
-    with SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json) as view:
-        summary = run_search(cfg, out_dir=out_dir, resume=resume, on_step=view.on_step)
+    from e2rnas.tracking import log_record, open_tracker
+
+    with open_tracker(tracker, run_dir=out_dir, config=cfg.as_dict()) as track, \
+            SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json) as view:
+        def on_step(rec: dict[str, Any]) -> None:
+            view.on_step(rec)
+            log_record(track, rec, step=rec["epoch"] * rec["steps_per_epoch"] + rec["step"], prefix="step/")
+
+        summary = run_search(cfg, out_dir=out_dir, resume=resume, on_step=on_step,
+                             on_epoch=lambda rec: log_record(track, rec, step=rec["epoch"], prefix="epoch/"))
     if json:
         print_json(summary | {"run_dir": str(out_dir)})
         return

@@ -18,6 +18,9 @@ MaxBatches = Annotated[int | None, typer.Option("--max-train-batches", help="Cap
 ValFraction = Annotated[float | None, typer.Option(
     "--val-fraction", help="Hold out this fraction for model selection (best validation epoch); 0 trains on all "
     "training images and keeps the last epoch (the paper preset).")]
+Amp = Annotated[str | None, typer.Option(
+    "--amp", help="Precision on CUDA: off (fp32, TF32 off), auto (TF32: fastest measured, docs/amp.md), tf32, "
+    "bf16 (autocast) or fp16 (autocast + gradient scaler); recorded in config.yaml.")]
 
 
 def _run_name(ref: str) -> str:
@@ -35,7 +38,7 @@ def train(
     ood_weight: OodWeight = None, image_size: opt.ImageSize = None, data_dir: opt.DataDir = None,
     download: opt.Download = None, seed: opt.Seed = None, device: opt.Device = None, out: opt.Out = None,
     resume: opt.Resume = False, max_train_batches: MaxBatches = None, val_fraction: ValFraction = None,
-    print_config: opt.PrintConfig = False, json: opt.Json = False,
+    amp: Amp = None, print_config: opt.PrintConfig = False, tracker: opt.Tracker = None, json: opt.Json = False,
 ) -> None:
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
     from e2rnas.cli._config import build_config, print_resolved
@@ -51,15 +54,21 @@ def train(
                      test_dataset=test_dataset, ood_dataset=ood_dataset, ood_weight=ood_weight, image_size=image_size,
                      data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
                      device=opt.resolve_device(device) if device else None,
-                     max_train_batches=max_train_batches, val_fraction=val_fraction)
+                     max_train_batches=max_train_batches, val_fraction=val_fraction, amp=amp)
     cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides,
                        run_config=run_config)
     opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
     if print_config:
         print_resolved(cfg, section="train")
         return
-    summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
-                        search_meta=search_meta(genotype))
+    import dataclasses
+
+    from e2rnas.tracking import log_record, open_tracker
+
+    with open_tracker(tracker, run_dir=out_dir, config=dataclasses.asdict(cfg)) as track:
+        summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
+                            search_meta=search_meta(genotype),
+                            callback=lambda rec: log_record(track, rec, step=rec["epoch"] + 1, prefix="train/"))
     if json:
         print_json(summary)
         return

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
+from e2rnas.amp import AMP_MODES, Precision, make_precision, resolve_amp
 from e2rnas.data import ImageSet, augment, batches, load_dataset, normalization_for, resize, split_indices
 from e2rnas.errors import E2RNASError
 from e2rnas.genotypes import Genotype
@@ -70,6 +71,7 @@ class TrainConfig:
     device: str = "cpu"
     max_train_batches: int | None = None  # cap per epoch, for tests and benchmarks
     variant: str = "cifar"
+    amp: str = "off"  # off (fp32, TF32 off) | auto (tf32 on CUDA) | tf32 | bf16 | fp16; CUDA only but off (e2rnas.amp)
 
     def __post_init__(self) -> None:
         checks = [
@@ -84,6 +86,7 @@ class TrainConfig:
             (self.max_train_batches is None or self.max_train_batches >= 1, "max_train_batches must be >= 1"),
             (self.image_size is None or self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
             (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -263,6 +266,8 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
         raise E2RNASError(f"unknown device {cfg.device!r}: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise E2RNASError(f"device {cfg.device} asked for, but CUDA is not available; use --device cpu")
+    cfg = replace(cfg, amp=resolve_amp(cfg.amp, device))  # config.yaml records the precision that ran
+    prec = make_precision(cfg.amp, device)
 
     data = _load_data(cfg)
     spec = NetworkSpec(C=cfg.C, layers=cfg.layers, num_classes=data.train.num_classes,
@@ -276,7 +281,8 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
     start_epoch, best = 0, {"epoch": None, "val_acc": -1.0}
 
     if resume:
-        start_epoch, best = _restore(ckpt_path, cfg, genotype, model, optimizer, scheduler, gen, device)
+        start_epoch, best = _restore(ckpt_path, cfg, genotype, model, optimizer, scheduler, gen, device,
+                                     scaler=prec.scaler)
         kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("epoch", 0) < start_epoch]
         atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
     else:
@@ -297,9 +303,9 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
         n_batches = min(n_batches, cfg.max_train_batches)
     prov = provenance(gpu=device.type == "cuda")  # in model.pt: which code and command trained it
     t_start = time.perf_counter()
-    with _Progress(progress, (cfg.epochs - start_epoch) * n_batches, cfg.epochs) as bar:
+    with _Progress(progress, (cfg.epochs - start_epoch) * n_batches, cfg.epochs) as bar, prec.tf32():
         for epoch in range(start_epoch, cfg.epochs):
-            rec = _train_epoch(model, optimizer, data, cfg, gen, device, epoch, bar)
+            rec = _train_epoch(model, optimizer, data, cfg, gen, device, epoch, bar, prec=prec)
             scheduler.step()
             rec["val_acc"] = accuracy(model, data.val, device=device) if data.val is not None else None
             log.info("train epoch %d/%d: loss %.4f, train acc %.3f, val acc %s, %.1f s", epoch + 1, cfg.epochs,
@@ -315,6 +321,7 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
                 "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": _config_dict(cfg),
                 "genotype": genotype.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "rng": _rng_state(gen, device), "best": best,
+                **({"scaler": prec.scaler.state_dict()} if prec.scaler is not None else {}),
             })
             bar.epoch(rec)
             if callback is not None:
@@ -329,7 +336,9 @@ def _jsonl(rec: dict[str, Any]) -> str:
 
 
 def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, cfg: TrainConfig,
-                 gen: torch.Generator, device: torch.device, epoch: int, bar: _Progress) -> dict[str, Any]:
+                 gen: torch.Generator, device: torch.device, epoch: int, bar: _Progress,
+                 prec: Precision | None = None) -> dict[str, Any]:
+    prec = prec or Precision("off", device)
     model.train()
     model.drop_path_prob = cfg.drop_path * epoch / cfg.epochs
     lr = optimizer.param_groups[0]["lr"]
@@ -344,19 +353,18 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
         if data.ood is not None:
             idx = torch.randint(len(data.ood), (n,), generator=gen)
             x = torch.cat([x, augment(data.ood.x[idx].float().div_(255), **aug).to(device)])
-        logits, aux = model.forward_train(x)
-        loss = F.cross_entropy(logits[:n], y)
-        if aux is not None:
-            loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux[:n], y)
-        if data.ood is not None:
-            loss = loss + cfg.ood_weight * ood_uniform_loss(logits[n:])
+        with prec.autocast():
+            logits, aux = model.forward_train(x)
+            loss = F.cross_entropy(logits[:n], y)
+            if aux is not None:
+                loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux[:n], y)
+            if data.ood is not None:
+                loss = loss + cfg.ood_weight * ood_uniform_loss(logits[n:])
         if not torch.isfinite(loss):
             raise E2RNASError(f"the loss became {loss.item()} at epoch {epoch + 1}, batch {step + 1}; the last "
                               "good checkpoint is kept: lower --lr (or the OoD weight) and rerun")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        prec.backward_step(loss, optimizer, model.parameters(), cfg.grad_clip)
         total_loss += loss.item() * n
         correct += int((logits[:n].argmax(1) == y).sum())
         seen += n
@@ -366,14 +374,15 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
 
 
 def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, optimizer: torch.optim.Optimizer,
-             scheduler: Any, gen: torch.Generator, device: torch.device) -> tuple[int, dict[str, Any]]:
+             scheduler: Any, gen: torch.Generator, device: torch.device,
+             scaler: Any = None) -> tuple[int, dict[str, Any]]:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
         raise E2RNASError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise E2RNASError(f"{path} is not an e2rnas training checkpoint")
-    saved = dict(ckpt["config"])
+    saved = {"amp": "off"} | dict(ckpt["config"])  # checkpoints from before the amp setting trained in fp32
     changed = sorted(k for k, v in _config_dict(cfg).items() if saved.get(k) != v and k not in _RESUMABLE_CHANGES)
     if changed:
         raise E2RNASError(f"cannot resume {path.parent} with changed settings ({', '.join(changed)}); "
@@ -383,6 +392,8 @@ def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, o
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler is not None and "scaler" in ckpt:
+        scaler.load_state_dict(ckpt["scaler"])
     rng = ckpt["rng"]
     rng["generator"], rng["torch"] = rng["generator"].cpu(), rng["torch"].cpu()
     _set_rng_state(rng, gen, device)
