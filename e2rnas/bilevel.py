@@ -13,7 +13,7 @@ lower-level gradient the step computed anyway. They are different searches, not 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -68,8 +68,11 @@ class BilevelStep:
                  fgsm_step: float = 1.25, grad_clip: float = 5.0, params_bound_m: float | None = None,
                  macs_bound_m: float | None = None, hvp_eps: float = 0.01, hvp: str = "forward",
                  ll_ood_weight: float = 1.0, a_grad_clip: float | None = None, latency_table=None,
-                 latency_bound_ms: float | None = None):
+                 latency_bound_ms: float | None = None,
+                 reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None):
         self.model = model
+        # data parallelism: the mean over processes of every data-dependent gradient and loss (identity when one)
+        self._reduce = reduce or (lambda tensors: tensors)
         self.objectives = objectives
         self.weighting = weighting
         self.cost_model = cost_model
@@ -120,6 +123,7 @@ class BilevelStep:
             g = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True)
             grads = list(g) if grads is None else [a + b for a, b in zip(grads, g, strict=True)]
             total = loss.detach() if total is None else total + loss.detach()
+        *grads, total = self._reduce([*grads, total])
         return total, grads
 
     def _unrolled(self, g: list[torch.Tensor], xi: float) -> list[torch.Tensor]:
@@ -207,8 +211,7 @@ class BilevelStep:
             theta_grads.append(grads[len(self.alphas):] if obj.uses_weights else None)
         _check_finite(dict(zip(names, losses, strict=True)))
 
-        G = torch.stack(alpha_grads)
-        loss_vec = torch.stack(losses)
+        G, loss_vec = self._reduce([torch.stack(alpha_grads), torch.stack(losses)])
         gamma, eff = self.weighting.weights(G, loss_vec, names)
         dropped = [n for n, bad in zip(names, self.weighting.degenerate(G, loss_vec), strict=True) if bad]
         eff = eff.to(device=G.device, dtype=G.dtype)
@@ -219,6 +222,7 @@ class BilevelStep:
                 if tg is None:
                     continue
                 v = [w * t for t in tg] if v is None else [a + w * t for a, t in zip(v, tg, strict=True)]
+            v = self._reduce(v)  # the same direction on every process (gamma is already the same)
             implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv, alpha_grad_t, rng)])
             combined = combined - lr * implicit
 

@@ -8,6 +8,7 @@ history per epoch), ``genotype.json``, ``summary.json`` (bounds, estimates, exac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -32,6 +33,8 @@ from e2rnas.derive import (
     derive_budget,
     derive_darts,
 )
+from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_device, mean_all_reduce, shard
+from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
 from e2rnas.guards import normalized_entropy, search_warnings
 from e2rnas.mgda import Weighting
@@ -254,10 +257,11 @@ def resolve_latency_bound(cfg: SearchConfig, cost_model: CostModel, table) -> fl
 class SearchRun:
     """State of one search (model, optimisers, generators, counters); saves and restores itself."""
 
-    def __init__(self, cfg: SearchConfig, data: SearchData, out_dir: Path):
+    def __init__(self, cfg: SearchConfig, data: SearchData, out_dir: Path, dist: DistInfo | None = None):
         self.cfg, self.data, self.out_dir = cfg, data, Path(out_dir)
+        self.dist = dist or DistInfo()
         torch.manual_seed(cfg.seed)
-        self.device = torch.device(cfg.device)
+        self.device = torch.device(local_device(cfg.device, self.dist))
         self.cost_model = CostModel(deploy_shape(cfg, data))
         self.latency_table = load_latency_table(cfg, self.cost_model.shape)
         self.latency_bound_ms = resolve_latency_bound(cfg, self.cost_model, self.latency_table)
@@ -300,7 +304,8 @@ class SearchRun:
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
             grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound,
             hvp=cfg.hvp, hvp_eps=cfg.hvp_eps, ll_ood_weight=cfg.ll_ood_weight, a_grad_clip=cfg.a_grad_clip,
-            latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms)
+            latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms,
+            reduce=functools.partial(mean_all_reduce, info=self.dist) if self.dist.active else None)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -357,10 +362,14 @@ class SearchRun:
             "epoch_start_data_state": self.epoch_start_data_state, "attack_gen": self.attack_gen.get_state(),
             "torch_rng": torch.get_rng_state(), "config": self.cfg.as_dict(), "stage": self.stage,
             "masks": [self.model.mask_normal.cpu(), self.model.mask_reduce.cpu()],
+            "world_size": self.dist.world_size,
         }
 
     def save(self) -> None:
-        atomic_torch_save(self.checkpoint_path, self.state())
+        """The main process writes the checkpoint; every process waits until it is on disk."""
+        if self.dist.main:
+            atomic_torch_save(self.checkpoint_path, self.state())
+        barrier(self.dist)
 
     def load(self) -> None:
         if not self.checkpoint_path.is_file():
@@ -370,6 +379,9 @@ class SearchRun:
             changed = sorted(k for k in blob["config"] if blob["config"][k] != self.cfg.as_dict().get(k))
             raise E2RNASError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)}); "
                               f"use the same settings or a new --out")
+        if int(blob.get("world_size", 1)) != self.dist.world_size:
+            raise E2RNASError(f"cannot resume: the checkpoint was written by {blob.get('world_size', 1)} process(es), "
+                              f"this run has {self.dist.world_size}; resume with the same --nproc-per-node")
         if int(blob.get("stage", 0)) != self.stage:
             self.build_stage(int(blob["stage"]), tuple(blob["masks"]))
         self.model.load_state_dict(blob["model"])
@@ -399,10 +411,10 @@ class SearchRun:
                 x_tr, x_val = augment(x_tr, **aug), augment(x_val, **aug)
             if k < self.step_in_epoch:
                 continue
-            to = self.device
-            yield StepBatch(x_tr.to(to), y_tr.to(to), x_val.to(to), y_val.to(to),
-                            None if x_ood_lower is None else x_ood_lower.to(to),
-                            None if x_ood_upper is None else x_ood_upper.to(to))
+            to, part = self.device, functools.partial(shard, info=self.dist)  # this process's slice of the batch
+            yield StepBatch(part(x_tr).to(to), part(y_tr).to(to), part(x_val).to(to), part(y_val).to(to),
+                            None if x_ood_lower is None else part(x_ood_lower).to(to),
+                            None if x_ood_upper is None else part(x_ood_upper).to(to))
 
     def steps_per_epoch(self) -> int:
         n = len(self.data.train) // self.cfg.batch_size or 1
@@ -509,24 +521,42 @@ def _drop_records_after_checkpoint(metrics: Path, alphas: Path, *, epoch: int, s
 def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                on_step: ProgressFn | None = None, on_epoch: ProgressFn | None = None) -> dict[str, Any]:
     """Search; returns the summary (also written as ``summary.json``). ``on_step``/``on_epoch`` get the records."""
-    import yaml
 
     out_dir = Path(out_dir)
-    _check_out_dir(out_dir, resume=resume)
+    info = init_distributed(config.device)
+    if info.active and config.batch_size % info.world_size:
+        raise E2RNASError(f"batch_size {config.batch_size} must be a multiple of the {info.world_size} processes "
+                          f"(each takes an equal slice of every global batch)")
+    if info.main:
+        _check_out_dir(out_dir, resume=resume)
     data = load_search_data(config)
-    run = SearchRun(config, data, out_dir)
+    run = SearchRun(config, data, out_dir, dist=info)
+    with RunLock(out_dir, enabled=info.main):
+        return _run(run, config, out_dir, resume=resume, on_step=on_step if info.main else None,
+                    on_epoch=on_epoch if info.main else None)
+
+
+def _run(run: SearchRun, config: SearchConfig, out_dir: Path, *, resume: bool, on_step: ProgressFn | None,
+         on_epoch: ProgressFn | None) -> dict[str, Any]:
+    import yaml
+
+    info = run.dist
     if resume:
         run.load()
     elif run.checkpoint_path.exists():
         raise E2RNASError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({"search": config.as_dict()}, sort_keys=False))
     metrics, alphas = out_dir / "metrics.jsonl", out_dir / "alphas.jsonl"
-    if not resume:
-        metrics.unlink(missing_ok=True)
-        alphas.unlink(missing_ok=True)
-    else:
-        _drop_records_after_checkpoint(metrics, alphas, epoch=run.epoch, step=run.step_in_epoch)
+    if info.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump({"search": config.as_dict(),
+                                                                   "world_size": info.world_size}, sort_keys=False))
+        if not resume:
+            metrics.unlink(missing_ok=True)
+            alphas.unlink(missing_ok=True)
+        else:
+            _drop_records_after_checkpoint(metrics, alphas, epoch=run.epoch, step=run.step_in_epoch)
+    barrier(info)
+    log_jsonl = append_jsonl if info.main else (lambda path, rec: None)
     try:
         while run.epoch < config.epochs:
             t0 = time.time()
@@ -543,7 +573,7 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                     res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
                 run.step_in_epoch += 1
                 rec = _step_record(run, res, run.step_in_epoch)
-                append_jsonl(metrics, rec)
+                log_jsonl(metrics, rec)
                 if on_step:
                     on_step(rec | {"steps_per_epoch": run.steps_per_epoch(), "epochs": config.epochs})
             run.sched.step()
@@ -559,12 +589,13 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                          "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
                          "seconds": time.time() - t0, "genotype": genotype.to_dict(),
                          "mean_normalized_entropy": normalized_entropy(torch.cat(list(run.op_weights().values())))}
-            append_jsonl(metrics, epoch_rec)
+            log_jsonl(metrics, epoch_rec)
+            check_agree(list(run.model.arch_parameters()), info, what="architecture weights")
             log.info("search epoch %d/%d: val acc %.3f, estimate %.4f M params / %.2f M MACs, genotype %.4f M / "
                      "%.2f M, entropy %.3f", run.epoch, config.epochs, epoch_rec["val_accuracy"],
                      epoch_rec["expected_params_m"], epoch_rec["expected_macs_m"], exact.params_m, exact.macs_m,
                      epoch_rec["mean_normalized_entropy"])
-            append_jsonl(alphas, {"epoch": run.epoch, **{n: p.detach().cpu().tolist() for n, p in
+            log_jsonl(alphas, {"epoch": run.epoch, **{n: p.detach().cpu().tolist() for n, p in
                                                           run.model.named_parameters()
                                                           if n in ("alpha_normal", "alpha_reduce", "beta_normal",
                                                                    "beta_reduce")}})
@@ -583,7 +614,8 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
     derivations = run.derivations()
     handed = derivations[cfg.derive]
     genotype = handed.genotype
-    genotype.save(out_dir / "genotype.json")
+    if run.dist.main:
+        genotype.save(out_dir / "genotype.json")
     exact = run.cost_model.genotype_cost(genotype)
     with torch.no_grad():
         n_est, f_est = run.cost_model.expected_cost(*run.model.cost_inputs())
@@ -608,5 +640,8 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
                     "expected_latency_ms": lat_est,
                     "table_latency_ms": float(run.latency_table.genotype_ms(genotype)),
                     "lut": str(Path(cfg.lut).resolve()), "lut_key": run.latency_table.key}
-    atomic_write_json(out_dir / "summary.json", summary)
+    summary["world_size"] = run.dist.world_size
+    if run.dist.main:
+        atomic_write_json(out_dir / "summary.json", summary)
+    barrier(run.dist)
     return summary
