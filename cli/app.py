@@ -173,8 +173,14 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point: known errors become one line on stderr and exit code 2 (``E2RNAS_DEBUG=1`` for tracebacks)."""
+    from e2rnas.distributed import env_world
     from e2rnas.errors import E2RNASError
 
+    if env_world().rank > 0:  # under torchrun rank 0 alone prints results; errors still reach stderr
+        from e2rnas.cli._output import console
+
+        console.quiet = True
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     try:
         cli_command()(hoist_global_options(sys.argv[1:]), prog_name="e2rnas", standalone_mode=True)
     except E2RNASError as exc:

@@ -64,7 +64,7 @@ def _normalise(cls: type, section: str, raw: dict[str, Any], origin: str) -> dic
     out: dict[str, Any] = {}
     unknown = []
     for key, value in raw.items():
-        if key == "preset":
+        if key in ("preset", "world_size"):  # the run's preset name / process count: records, not settings
             continue
         field = field_name(section, str(key))
         if field not in fields:

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
 from e2rnas.amp import AMP_MODES, Precision, make_precision, resolve_amp
 from e2rnas.data import ImageSet, augment, batches, load_dataset, normalization_for, resize, split_indices
+from e2rnas.distributed import DistInfo, RunLock, barrier, local_device, mean_all_reduce, shard
+from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
 from e2rnas.genotypes import Genotype
 from e2rnas.model import VARIANTS, Network, count_macs, count_params
@@ -260,8 +262,12 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
     if not resume and ckpt_path.is_file():
         raise E2RNASError(f"{out_dir} already holds a training run; pass --resume to continue it or choose "
                           "another --out")
+    info = init_distributed(cfg.device)
+    if info.active and cfg.batch_size % info.world_size:
+        raise E2RNASError(f"batch_size {cfg.batch_size} must be a multiple of the {info.world_size} processes "
+                          f"(each trains on an equal slice of every global batch)")
     try:
-        device = torch.device(cfg.device)
+        device = torch.device(local_device(cfg.device, info))
     except RuntimeError as exc:
         raise E2RNASError(f"unknown device {cfg.device!r}: {exc}") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -275,21 +281,54 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
                        mean=data.mean, std=data.std)
     torch.manual_seed(cfg.seed)
     model = spec.build(genotype).to(device)
+    forward = _data_parallel(model, info, device)
+    with RunLock(out_dir, enabled=info.main):
+        return _train(cfg, genotype=genotype, out_dir=out_dir, resume=resume, progress=progress and info.main,
+                      search_meta=search_meta, callback=callback if info.main else None, info=info, device=device,
+                      prec=prec, data=data, spec=spec, model=model, forward=forward)
+
+
+class _TrainForward(torch.nn.Module):
+    """``forward`` = the network's ``forward_train`` (logits, auxiliary logits), so that DDP wraps what trains."""
+
+    def __init__(self, net: Network):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.net.forward_train(x)
+
+
+def _data_parallel(model: Network, info: DistInfo, device: torch.device) -> Any:
+    """DistributedDataParallel around the training forward (gradients all-reduced in backward), or None."""
+    if not info.active:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(_TrainForward(model), device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _train(cfg: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: bool, progress: bool,
+           search_meta: dict[str, Any] | None, callback: Callable[[dict[str, Any]], None] | None, info: DistInfo,
+           device: torch.device, prec: Any, data: _Data, spec: NetworkSpec, model: Network, forward: Any
+           ) -> dict[str, Any]:
+    ckpt_path = out_dir / "checkpoint.pt"
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.epochs, eta_min=cfg.lr_min)
     gen = torch.Generator().manual_seed(cfg.seed)
     start_epoch, best = 0, {"epoch": None, "val_acc": -1.0}
-
     if resume:
         start_epoch, best = _restore(ckpt_path, cfg, genotype, model, optimizer, scheduler, gen, device,
-                                     scaler=prec.scaler)
-        kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("epoch", 0) < start_epoch]
-        atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
-    else:
+                                     scaler=prec.scaler, world_size=info.world_size)
+        if info.main:
+            kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("epoch", 0) < start_epoch]
+            atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
+    elif info.main:
         import yaml
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_config_dict(cfg), sort_keys=False))
+        atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(_config_dict(cfg) | {"world_size": info.world_size},
+                                                                  sort_keys=False))
         genotype.save(out_dir / "genotype.json")
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
 
@@ -305,7 +344,8 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
     t_start = time.perf_counter()
     with _Progress(progress, (cfg.epochs - start_epoch) * n_batches, cfg.epochs) as bar, prec.tf32():
         for epoch in range(start_epoch, cfg.epochs):
-            rec = _train_epoch(model, optimizer, data, cfg, gen, device, epoch, bar, prec=prec)
+            rec = _train_epoch(model, optimizer, data, cfg, gen, device, epoch, bar, prec=prec, info=info,
+                               forward=forward)
             scheduler.step()
             rec["val_acc"] = accuracy(model, data.val, device=device) if data.val is not None else None
             log.info("train epoch %d/%d: loss %.4f, train acc %.3f, val acc %s, %.1f s", epoch + 1, cfg.epochs,
@@ -314,19 +354,23 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
             rec["best"] = data.val is None or score > best["val_acc"]
             if rec["best"]:  # no validation split: the last epoch is the selected one
                 best = {"epoch": epoch, "val_acc": rec["val_acc"]}
-                save_model(out_dir / "model.pt", model=model, genotype=genotype, spec=spec, data=data_meta,
-                           search=search_meta, provenance=prov)
-            append_jsonl(out_dir / "metrics.jsonl", rec)
-            atomic_torch_save(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": _config_dict(cfg),
-                "genotype": genotype.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": _rng_state(gen, device), "best": best,
-                **({"scaler": prec.scaler.state_dict()} if prec.scaler is not None else {}),
-            })
+                if info.main:
+                    save_model(out_dir / "model.pt", model=model, genotype=genotype, spec=spec, data=data_meta,
+                               search=search_meta, provenance=prov)
+            if info.main:  # one writer; the others wait until the checkpoint is on disk
+                append_jsonl(out_dir / "metrics.jsonl", rec)
+                atomic_torch_save(ckpt_path, {
+                    "format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "config": _config_dict(cfg),
+                    "genotype": genotype.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "rng": _rng_state(gen, device), "best": best,
+                    "world_size": info.world_size,
+                    **({"scaler": prec.scaler.state_dict()} if prec.scaler is not None else {}),
+                })
+            barrier(info)
             bar.epoch(rec)
             if callback is not None:
                 callback(rec)
-    return _summarise(out_dir, cfg, genotype, data, best, time.perf_counter() - t_start, device)
+    return _summarise(out_dir, cfg, genotype, data, best, time.perf_counter() - t_start, device, info=info)
 
 
 def _jsonl(rec: dict[str, Any]) -> str:
@@ -337,8 +381,12 @@ def _jsonl(rec: dict[str, Any]) -> str:
 
 def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, cfg: TrainConfig,
                  gen: torch.Generator, device: torch.device, epoch: int, bar: _Progress,
-                 prec: Precision | None = None) -> dict[str, Any]:
+                 prec: Precision | None = None, info: DistInfo | None = None, forward: Any = None
+                 ) -> dict[str, Any]:
+    """One epoch. Under torchrun every process draws (and augments) the global batch and trains on its slice."""
     prec = prec or Precision("off", device)
+    info = info or DistInfo()
+    forward = forward or model.forward_train
     model.train()
     model.drop_path_prob = cfg.drop_path * epoch / cfg.epochs
     lr = optimizer.param_groups[0]["lr"]
@@ -348,13 +396,14 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
     for step, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=gen, drop_last=True)):
         if cfg.max_train_batches and step >= cfg.max_train_batches:
             break
-        x, y = augment(x, **aug).to(device), y.to(device)
+        x = shard(augment(x, **aug), info).to(device)
+        y = shard(y, info).to(device)
         n = len(x)
         if data.ood is not None:
-            idx = torch.randint(len(data.ood), (n,), generator=gen)
-            x = torch.cat([x, augment(data.ood.x[idx].float().div_(255), **aug).to(device)])
+            idx = torch.randint(len(data.ood), (n * info.world_size,), generator=gen)
+            x = torch.cat([x, shard(augment(data.ood.x[idx].float().div_(255), **aug), info).to(device)])
         with prec.autocast():
-            logits, aux = model.forward_train(x)
+            logits, aux = forward(x)
             loss = F.cross_entropy(logits[:n], y)
             if aux is not None:
                 loss = loss + cfg.auxiliary_weight * F.cross_entropy(aux[:n], y)
@@ -369,13 +418,16 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
         correct += int((logits[:n].argmax(1) == y).sum())
         seen += n
         bar.step(epoch, total_loss / seen, correct / seen, lr)
+    if info.active:  # the epoch's numbers over every process's slice
+        total_loss, correct, seen = (float(v) * info.world_size for v in mean_all_reduce(
+            [torch.tensor([total_loss, float(correct), float(seen)], dtype=torch.float64)], info)[0])
     return {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
             "lr": lr, "drop_path": model.drop_path_prob, "time_s": round(time.perf_counter() - t0, 3)}
 
 
 def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, optimizer: torch.optim.Optimizer,
              scheduler: Any, gen: torch.Generator, device: torch.device,
-             scaler: Any = None) -> tuple[int, dict[str, Any]]:
+             scaler: Any = None, world_size: int = 1) -> tuple[int, dict[str, Any]]:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt files
@@ -387,6 +439,9 @@ def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, o
     if changed:
         raise E2RNASError(f"cannot resume {path.parent} with changed settings ({', '.join(changed)}); "
                           "rerun with the run's config.yaml or start a new --out")
+    if int(ckpt.get("world_size", 1)) != world_size:
+        raise E2RNASError(f"cannot resume: {path} was written by {ckpt.get('world_size', 1)} process(es), this run "
+                          f"has {world_size}; resume with the same --nproc-per-node")
     if Genotype.from_dict(ckpt["genotype"]) != genotype:
         raise E2RNASError(f"{path.parent} was trained with another genotype; pass its genotype.json")
     model.load_state_dict(ckpt["model"])
@@ -401,7 +456,7 @@ def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, o
 
 
 def _summarise(out_dir: Path, cfg: TrainConfig, genotype: Genotype, data: _Data, best: dict[str, Any],
-               wall_s: float, device: torch.device) -> dict[str, Any]:
+               wall_s: float, device: torch.device, info: DistInfo | None = None) -> dict[str, Any]:
     """Test accuracy of the selected (best-validation) model: the only place the test set is read."""
     if not (out_dir / "model.pt").is_file():
         raise E2RNASError(f"{out_dir} has no model.pt; the run stopped before its first epoch ended")
@@ -417,9 +472,11 @@ def _summarise(out_dir: Path, cfg: TrainConfig, genotype: Genotype, data: _Data,
         "params": count_params(loaded.model), "macs": count_macs(loaded.model, input_size=loaded.spec.input_size),
         "wall_s_this_run": round(wall_s, 2), "selection": "best validation accuracy" if data.val is not None
         else "last epoch (val_fraction is 0)",
-        "provenance": provenance(gpu=device.type == "cuda"),
+        "provenance": provenance(gpu=device.type == "cuda"), "world_size": (info or DistInfo()).world_size,
     }
-    atomic_write_json(out_dir / "summary.json", summary)
+    if (info or DistInfo()).main:
+        atomic_write_json(out_dir / "summary.json", summary)
+    barrier(info or DistInfo())
     return summary
 
 
