@@ -73,7 +73,7 @@ def measure(module: nn.Module, input_shape: tuple[int, ...]) -> Cost:
 
 def _edge_keep_weights() -> torch.Tensor:
     """Probability that an edge survives the top-2 rule under a uniform choice: 2 / in-degree of its node."""
-    return torch.tensor([EDGES_PER_NODE / (2 + i) for i in range(STEPS) for _ in range(2 + i)])
+    return torch.tensor([EDGES_PER_NODE / (2 + i) for i in range(STEPS) for _ in range(2 + i)], dtype=torch.float64)
 
 
 def _edge_source(edge: int) -> int:

@@ -58,3 +58,27 @@ def test_empty_or_nan_scores_are_rejected():
         ood_metrics(np.array([]), np.array([0.1]))
     with pytest.raises(ValueError):
         ood_metrics(np.array([np.nan, 0.2]), np.array([0.1]))
+
+
+def test_scores_of_any_shape_are_flattened_and_one_ood_score_is_enough():
+    m = ood_metrics(np.array([[0.9, 0.8], [0.3, 0.7]]), np.array([[0.1]]))
+    assert m["out_fraction"] == pytest.approx(1 / 5)
+    assert m["auroc"] == pytest.approx(1.0) and m["aupr_out"] == pytest.approx(1.0)
+    assert m["fpr95"] == pytest.approx(0.0)
+
+
+def test_rejections_say_why():
+    with pytest.raises(ValueError, match="^OoD metrics need at least one in-distribution and one OoD score$"):
+        ood_metrics(np.array([0.5]), np.array([]))
+    with pytest.raises(ValueError, match="^OoD scores must be finite$"):
+        ood_metrics(np.array([0.5, np.inf]), np.array([0.1]))
+    with pytest.raises(ValueError, match="^OoD scores must be finite$"):
+        ood_metrics(np.array([0.5, 0.7]), np.array([np.nan]))
+
+
+def test_max_softmax_is_float64_and_stable_per_row():
+    p = max_softmax(np.array([[2.0, 0.0], [0.0, 0.0]], dtype=np.float32))
+    assert p.dtype == np.float64
+    np.testing.assert_allclose(p, [1 / (1 + np.exp(-2.0)), 0.5], rtol=1e-15)
+    # rows far apart in scale: each row is shifted by its own max (a global shift underflows the second row to 0/0)
+    np.testing.assert_allclose(max_softmax(np.array([[1000.0, 0.0], [-1000.0, -1000.0]])), [1.0, 0.5])

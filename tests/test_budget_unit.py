@@ -1,0 +1,108 @@
+"""Budget parsing and check lines without a run: the fast checks that mutation testing selects (docs/testing.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from e2rnas.deploy_targets.budget import Budget, BudgetError, CheckLine, parse_budget, read_eval_json
+from e2rnas.errors import E2RNASError
+
+
+@pytest.mark.parametrize("key", ["max_params_m", "max_macs_m", "max_latency_ms"])
+def test_a_measurement_exactly_at_a_max_limit_passes_and_just_over_fails(key):
+    at = CheckLine(key, "x", limit=0.5, measured=0.5, source="s")
+    assert at.is_max and at.margin == 0.0 and at.passed
+    over = CheckLine(key, "x", limit=0.5, measured=0.5000001, source="s")
+    assert over.margin == pytest.approx(-1e-7) and not over.passed
+    under = CheckLine(key, "x", limit=0.5, measured=0.25, source="s")
+    assert under.margin == 0.25 and under.passed
+
+
+@pytest.mark.parametrize("key", ["min_accuracy", "min_pgd_accuracy", "min_aupr"])
+def test_a_measurement_exactly_at_a_min_limit_passes_and_just_under_fails(key):
+    at = CheckLine(key, "x", limit=0.8, measured=0.8, source="s")
+    assert not at.is_max and at.margin == 0.0 and at.passed
+    under = CheckLine(key, "x", limit=0.8, measured=0.7999, source="s")
+    assert under.margin == pytest.approx(-1e-4) and not under.passed
+    over = CheckLine(key, "x", limit=0.5, measured=0.75, source="s")
+    assert over.margin == 0.25 and over.passed
+
+
+def test_an_unmeasured_line_fails_and_reports_no_margin():
+    line = CheckLine("max_latency_ms", "latency", limit=3.0, measured=None, source="not measured")
+    assert line.margin is None and not line.passed
+    d = line.as_dict()
+    assert d["margin"] is None and d["margin_pct"] is None and d["passed"] is False and d["op"] == "<="
+
+
+def test_check_line_record():
+    d = CheckLine("max_params_m", "params (M)", limit=2.0, measured=1.5, source="cost model", bound=1.8,
+                  estimate=1.6, exact=1.5).as_dict()
+    assert d == {"key": "max_params_m", "what": "params (M)", "limit": 2.0, "measured": 1.5, "source": "cost model",
+                 "bound": 1.8, "estimate": 1.6, "exact": 1.5, "op": "<=", "margin": 0.5, "margin_pct": 25.0,
+                 "passed": True}
+    d = CheckLine("min_aupr", "AUPR", limit=0.5, measured=0.4, source="eval").as_dict()
+    assert d["op"] == ">=" and d["margin"] == pytest.approx(-0.1) and d["margin_pct"] == pytest.approx(-20.0)
+    assert d["passed"] is False
+    assert CheckLine("max_macs_m", "MACs", limit=0.0, measured=0.0, source="s").as_dict()["margin_pct"] is None
+
+
+def test_limits_and_needs_eval():
+    b = Budget(max_params_m=0.0, max_latency_ms=2.0, latency_batch=4, latency_percentile=90, artifact="onnx")
+    assert b.limits == {"max_params_m": 0.0, "max_latency_ms": 2.0}  # a zero limit is a limit
+    assert not b.needs_eval
+    for key in ("min_accuracy", "min_pgd_accuracy", "min_aupr"):
+        assert Budget(**{key: 0.5}).needs_eval and Budget(**{key: 0.5}).limits == {key: 0.5}
+
+
+def test_boundary_values_parse():
+    b = parse_budget({"max_params_m": 0, "min_accuracy": 1, "min_aupr": 0.0, "latency_batch": 1,
+                      "latency_percentile": 99, "max_latency_ms": 1, "artifact": "torch", "max_macs_m": None},
+                     where="b.yaml")
+    assert b == Budget(max_params_m=0, min_accuracy=1, min_aupr=0.0, latency_batch=1, latency_percentile=99,
+                       max_latency_ms=1, artifact="torch")
+    assert parse_budget({"max_macs_m": 12}, where="b").max_macs_m == 12
+    assert parse_budget({"min_pgd_accuracy": 0.3}, where="b").min_pgd_accuracy == 0.3
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1], "b.yaml: a budget is a mapping such as 'max_params_m: 0.5', got list"),
+    ({"max_params": 1, "zeta": 2}, "b.yaml: unknown key(s) max_params, zeta; valid: max_params_m, max_macs_m, "
+                                   "max_latency_ms, latency_batch, latency_percentile, min_accuracy, "
+                                   "min_pgd_accuracy, min_aupr, artifact"),
+    ({"max_latency_ms": "3"}, "b.yaml: max_latency_ms must be a number, got '3'"),
+    ({"min_aupr": False}, "b.yaml: min_aupr must be a number, got False"),
+    ({"max_params_m": -0.5}, "b.yaml: max_params_m must be >= 0, got -0.5"),
+    ({"min_pgd_accuracy": 45}, "b.yaml: min_pgd_accuracy is a fraction in [0, 1], got 45; write 0.45 for 45%"),
+    ({"min_accuracy": 1.5}, "b.yaml: min_accuracy is a fraction in [0, 1], got 1.5; write 0.015 for 1.5%"),
+    ({"max_latency_ms": 1, "latency_batch": 2.0}, "b.yaml: latency_batch must be a positive integer, got 2.0"),
+    ({"max_latency_ms": 1, "latency_batch": True}, "b.yaml: latency_batch must be a positive integer, got True"),
+    ({"max_latency_ms": 1, "latency_percentile": 0}, "b.yaml: latency_percentile must be a positive integer, got 0"),
+    ({"max_latency_ms": 1, "latency_percentile": 75}, "b.yaml: latency_percentile must be one of 50, 90, 95, 99"),
+    ({"max_latency_ms": 1, "artifact": 3}, "b.yaml: artifact must be a format name such as onnx or torch, got 3"),
+    ({"latency_batch": 2}, "b.yaml: the budget sets no limit; add e.g. max_params_m or max_latency_ms"),
+])
+def test_malformed_budget_messages(data, message):
+    with pytest.raises(BudgetError) as info:
+        parse_budget(data, where="b.yaml")
+    assert str(info.value) == message
+
+
+def test_large_numbers_are_not_fractions_unless_the_key_is_one():
+    assert parse_budget({"max_latency_ms": 250, "max_macs_m": 1e4}, where="b").max_latency_ms == 250
+
+
+def test_read_eval_json(tmp_path):
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"clean_acc": 0.9, "pgd_acc": 0.4, "ood": {"aupr_out": 0.7}}))
+    assert read_eval_json(path) == {"accuracy": 0.9, "pgd_accuracy": 0.4, "aupr_out": 0.7}
+    path.write_text(json.dumps({"clean_acc": 0.9, "ood": None}))
+    assert read_eval_json(path) == {"accuracy": 0.9, "pgd_accuracy": None, "aupr_out": None}
+    path.write_text("[1, 2]")
+    with pytest.raises(E2RNASError, match=r"eval.json does not hold an evaluation result$"):
+        read_eval_json(path)
+    path.write_text("{oops")
+    with pytest.raises(E2RNASError, match=r"eval.json is not valid JSON \(Expecting"):
+        read_eval_json(path)
