@@ -18,11 +18,13 @@ from e2rnas.errors import E2RNASError
 class SearchProgress:
     """Rich live view: epoch/step bar, objective values, gammas, N and F against the bounds, exact genotype cost."""
 
-    def __init__(self, params_bound: float, flops_bound: float, enabled: bool = True):
+    def __init__(self, params_bound: float, flops_bound: float, enabled: bool = True,
+                 header: list[str] | None = None):
         from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self.L, self.F = params_bound, flops_bound
+        self.header = header or []
         self.progress = Progress(TextColumn("[bold]search[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeRemainingColumn(), console=console)
         self.task = None
@@ -58,6 +60,8 @@ class SearchProgress:
 
     def on_step(self, rec: dict[str, Any]) -> None:
         if self.live and not self.started:
+            for line in self.header:
+                console.print(line, highlight=False)
             self.live.__enter__()
             self.started = True
         total = rec["steps_per_epoch"] * rec["epochs"]
@@ -187,16 +191,15 @@ def search(
     if print_config:
         print_resolved(cfg, section="search")
         return
-    if not json:
-        for n in notes:
-            console.print(f"note: {n}", highlight=False)
-        console.print(f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
-                      f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs")
-        console.print(f"run directory: {out_dir}")
+    # printed when the first step starts: a data-loading error before it then stands alone on its line
+    header = [*(f"note: {n}" for n in notes),
+              f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
+              f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs",
+              f"run directory: {out_dir}"]
     from e2rnas.tracking import log_record, open_tracker
 
     with open_tracker(tracker, run_dir=out_dir, config=cfg.as_dict()) as track, \
-            SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json) as view:
+            SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json, header=header) as view:
         def on_step(rec: dict[str, Any]) -> None:
             view.on_step(rec)
             log_record(track, rec, step=rec["epoch"] * rec["steps_per_epoch"] + rec["step"], prefix="step/")

@@ -72,3 +72,9 @@ def test_a_device_this_machine_lacks_is_one_line(tmp_path):
     from e2rnas.cli._options import resolve_device
 
     assert resolve_device("auto") == "cpu" and resolve_device(None) == "cpu"
+
+
+def test_a_data_loading_error_is_one_line_without_the_search_header(tmp_path):
+    proc = _e2rnas("search", "--dataset", f"npz:{tmp_path / 'missing.npz'}", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 2 and "missing.npz" in proc.stderr
+    assert "run directory" not in proc.stdout and "search:" not in proc.stdout
