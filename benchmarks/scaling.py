@@ -11,8 +11,8 @@ and prints images/s (a search step reads one training and one validation batch; 
     python benchmarks/scaling.py gpu --nproc 1,2,4,8             # N GPUs through torchrun (needs the DDP train)
 
 The ``gpu`` section has not run on this machine (no GPU here). With ``--nproc`` it launches
-``torchrun --nproc-per-node N -m e2rnas.cli train ...`` and counts N x batch x batches images per epoch, i.e. it
-assumes ``--batch-size`` is per process; check that against the DDP documentation before quoting numbers.
+``torchrun --nproc-per-node N -m e2rnas.cli train ...`` with a global ``--batch-size`` of 64 x N (64 images per
+process: weak scaling; e2rnas' batch size is global, docs/distributed.md) and counts batch x batches images.
 """
 
 from __future__ import annotations
@@ -97,12 +97,13 @@ def run_gpu(args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             cmd = ["torchrun", f"--nproc-per-node={n}", "-m", "e2rnas.cli", "train", "DARTS_V2", "--device", "cuda",
                    "--epochs", "2", "--max-train-batches", str(args.steps), "--amp", args.amp.split(",")[0],
+                   "--batch-size", str(64 * n),
                    "--out", str(Path(tmp) / "t"), "--json"]
             subprocess.run(cmd, check=True, capture_output=True)
             rec = [json.loads(line) for line in (Path(tmp) / "t" / "metrics.jsonl").read_text().splitlines()][-1]
             cfg = yaml.safe_load((Path(tmp) / "t" / "config.yaml").read_text())
-        images = n * cfg["batch_size"] * args.steps
-        print(f"{'train epoch (torchrun, batch per process)':64s} {cfg.get('amp', '?'):>5s} {n:4d} "
+        images = cfg["batch_size"] * args.steps  # the global batch
+        print(f"{'train epoch (torchrun, 64 images per process)':64s} {cfg.get('amp', '?'):>5s} {n:4d} "
               f"{images / rec['time_s']:8.1f}", flush=True)
 
 

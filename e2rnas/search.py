@@ -490,7 +490,8 @@ def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-_RUN_FILES = {"config.yaml", "metrics.jsonl", "alphas.jsonl", "checkpoint.pt", "genotype.json", "summary.json"}
+_RUN_FILES = {"config.yaml", "metrics.jsonl", "alphas.jsonl", "checkpoint.pt", "genotype.json", "summary.json",
+              "tensorboard", "mlruns"}  # and the --tracker folders
 
 
 def _check_out_dir(out_dir: Path, *, resume: bool) -> None:
