@@ -144,12 +144,13 @@ def test_cost_arithmetic_and_units():
 
 def test_edge_sources_follow_the_darts_edge_order():
     assert [_edge_source(e) for e in range(14)] == [0, 1, 0, 1, 2, 0, 1, 2, 3, 0, 1, 2, 3, 4]
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError, match="^14$"):
         _edge_source(14)
 
 
 def test_reduction_cells_and_their_geometry(small_model):
     slots = small_model.slots
+    assert [s.index for s in slots] == [0, 1, 2, 3, 4]
     assert [s.reduction for s in slots] == [False, True, False, True, False]  # layers // 3 and 2 layers // 3
     assert [s.C for s in slots] == [4, 8, 8, 16, 16]
     assert [s.size_in for s in slots] == [8, 8, 4, 4, 2]
@@ -159,13 +160,15 @@ def test_reduction_cells_and_their_geometry(small_model):
     assert [s.size_in for s in odd] == [7, 7, 4, 4, 2]  # ceil halving
     assert odd[1].edge_geometry(0) == (2, 7) and odd[1].edge_geometry(1) == (2, 7)
     assert odd[1].edge_geometry(2) == (1, 4) and odd[0].edge_geometry(3) == (1, 7)
-    imagenet = CostModel(DeployShape(layers=5, C=4, input_size=64, variant="imagenet")).slots
-    assert imagenet[0].size_in == 8 and imagenet[0].reduction_prev and imagenet[0].C_pp == 4
+    imagenet = CostModel(DeployShape(layers=5, C=4, input_size=224, variant="imagenet")).slots
+    assert imagenet[0].size_in == 28 and imagenet[0].reduction_prev and imagenet[0].C_pp == 4  # stem: / 8
 
 
-def test_tables_are_exact_integers_in_float64_and_the_estimate_follows_alphas_dtype(small_model):
+def test_tables_are_exact_integers_in_float64_and_the_estimate_follows_alphas_dtype():
     """float32 tables would round a 500 M-MAC network's counts; the estimate comes back in alpha's dtype."""
+    small_model = CostModel(SMALL)  # not the shared fixture: its cached tables would hide how they are built
     assert isinstance(small_model.fixed.macs, int) and isinstance(small_model.fixed.params, int)
+    assert isinstance(small_model.op_cost("sep_conv_3x3", 4, 1, 8).macs, int)
     assert all(t.dtype == torch.float64 for t in small_model.tables.values())
     a32 = torch.zeros(14, len(PRIMITIVES))
     params, macs = small_model.expected_cost(a32, a32, keep=(torch.ones(14, dtype=torch.float64),) * 2)
@@ -173,3 +176,13 @@ def test_tables_are_exact_integers_in_float64_and_the_estimate_follows_alphas_dt
     assert small_model.expected_cost(a32, a32)[0].dtype == torch.float32
     # keep = 1 everywhere is the uniform estimate with every edge kept: more than the 2-of-n default
     assert float(params) > float(small_model.expected_cost(a32, a32)[0])
+
+
+def test_fixed_part_is_not_rounded_to_float32():
+    model = CostModel(SMALL)
+    model.__dict__["fixed"] = Cost(params=2**24 + 1, macs=2**25 + 1)  # float32 would round both
+    a = torch.zeros(14, len(PRIMITIVES), dtype=torch.float64)
+    none_kept = (torch.zeros(14, dtype=torch.float64),) * 2
+    params, macs = model.expected_cost(a, a, keep=none_kept)
+    assert float(params) * 1e6 == pytest.approx(2**24 + 1, abs=1e-3)
+    assert float(macs) * 1e6 == pytest.approx(2**25 + 1, abs=1e-3)

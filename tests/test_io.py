@@ -21,3 +21,49 @@ def test_atomic_write_gives_the_umask_mode_and_keeps_the_old_file_on_failure(tmp
         atomic_write(path, broken)
     assert path.read_text() == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_json_helpers_round_trip_arrays_paths_and_lines(tmp_path):
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, read_jsonl
+
+    path = tmp_path / "new" / "dir" / "a.json"  # missing parents are made
+    atomic_write_json(path, {"t": torch.tensor([1.5, 2.0]), "n": np.arange(2), "p": Path("x/y")})
+    assert path.read_text() == json.dumps({"t": [1.5, 2.0], "n": [0, 1], "p": "x/y"}, indent=2) + "\n"
+    with pytest.raises(TypeError, match="cannot serialise object"):
+        atomic_write_json(tmp_path / "b.json", {"o": object()})
+    assert not (tmp_path / "b.json").exists() and [p.name for p in tmp_path.iterdir()] == ["new"]
+
+    log = tmp_path / "new" / "log.jsonl"
+    assert read_jsonl(log) == []
+    append_jsonl(log, {"step": 1, "x": np.float64(0.5)})
+    append_jsonl(log, {"step": 2, "p": Path("r")})
+    with open(log, "a") as fh:
+        fh.write("\n  \n")  # blank lines (a crash between records) are skipped
+    assert log.read_text().startswith('{"step": 1, "x": 0.5}\n{"step": 2, "p": "r"}\n')
+    assert read_jsonl(log) == [{"step": 1, "x": 0.5}, {"step": 2, "p": "r"}]
+
+    ckpt = tmp_path / "new" / "c.pt"
+    atomic_torch_save(ckpt, {"w": torch.ones(2)})
+    assert torch.equal(torch.load(ckpt)["w"], torch.ones(2))
+
+
+def test_read_yaml_errors_are_one_line(tmp_path):
+    from e2rnas._io import read_yaml
+
+    class Bad(Exception):
+        pass
+
+    path = tmp_path / "b.yaml"
+    with pytest.raises(Bad, match=rf"^budget file not found: {path}$"):
+        read_yaml(path, kind="budget file", error=Bad)
+    path.write_text("a: [1\n")
+    with pytest.raises(Bad, match=rf"^{path} is not valid YAML: while parsing a flow sequence$"):
+        read_yaml(path, kind="budget file", error=Bad)
+    path.write_text("a: 1\nb: [2, 3]\n")
+    assert read_yaml(path, kind="budget file", error=Bad) == {"a": 1, "b": [2, 3]}
