@@ -67,3 +67,25 @@ def test_read_yaml_errors_are_one_line(tmp_path):
         read_yaml(path, kind="budget file", error=Bad)
     path.write_text("a: 1\nb: [2, 3]\n")
     assert read_yaml(path, kind="budget file", error=Bad) == {"a": 1, "b": [2, 3]}
+
+
+def test_the_temporary_file_is_a_hidden_sibling_and_a_vanished_one_does_not_mask_the_error(tmp_path):
+    path = tmp_path / "out.txt"
+    seen = []
+
+    def write(tmp):
+        seen.append(tmp)
+        tmp.write_text("x")
+
+    atomic_write(path, write)
+    (tmp,) = seen
+    assert tmp.parent == path.parent  # same filesystem: the rename is atomic
+    assert tmp.name.startswith(".out.txt.") and tmp.name.endswith(".tmp") and not tmp.exists()
+
+    def vanish(tmp):
+        tmp.unlink()
+        raise RuntimeError("writer failed")
+
+    with pytest.raises(RuntimeError, match="writer failed"):
+        atomic_write(path, vanish)
+    assert path.read_text() == "x"
