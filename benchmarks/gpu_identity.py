@@ -78,8 +78,8 @@ def parity() -> None:
     import warnings
 
     from e2rnas.deploy_targets.runners import OrtRunner, TorchRunner
-    from e2rnas.genotypes import GENOTYPES
-    from e2rnas.model import Network
+    from e2rnas.space.genotypes import GENOTYPES
+    from e2rnas.space.network import Network
 
     torch.manual_seed(0)
     model = Network(GENOTYPES["DARTS_V2"], 36, 20, 10, input_size=32).eval()

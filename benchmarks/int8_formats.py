@@ -19,9 +19,9 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from e2rnas.cost import DeployShape
 from e2rnas.export.onnx_export import export_onnx
 from e2rnas.export.pipeline import load_source
+from e2rnas.space.cost import DeployShape
 
 SHAPES = {"DARTS_V2": DeployShape(), "embedded": DeployShape(layers=8, C=16, num_classes=5, input_size=16)}
 QTYPES = {"S8": QuantType.QInt8, "U8": QuantType.QUInt8}

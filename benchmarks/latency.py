@@ -24,8 +24,8 @@ import torch
 
 from e2rnas.deploy_targets.env import environment, physical_cores
 from e2rnas.deploy_targets.runners import OrtRunner, TorchRunner, profile_op_share
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model import Network, count_macs, count_params
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.space.network import Network, count_macs, count_params
 
 MODELS = {  # name -> (genotype, C, layers, classes, input size)
     "DARTS_V2": ("DARTS_V2", 36, 20, 10, 32),

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/lut_accuracy.py --lut lut.json         # a table from `e2rnas lut`
     .venv/bin/python benchmarks/lut_accuracy.py --exporter torchscript # faster export of the 24 networks
 
-Every genotype's network (``e2rnas.model.Network``, eval, seeded random weights) is exported to ONNX the way
+Every genotype's network (``e2rnas.space.network.Network``, eval, seeded random weights) is exported to ONNX the way
 ``e2rnas export`` does (dynamo, opset 18, dynamic batch) and timed with ``OrtRunner`` under the table's threads,
 round-robin (median over rounds of per-round medians, as the table is). Two predictions are compared:
 
@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from scipy import stats
 
-from e2rnas.cost import CostModel, DeployShape
 from e2rnas.deploy_targets import lut
-from e2rnas.genotypes import STEPS, Genotype
-from e2rnas.latency_table import LatencyTable, describe_shape
-from e2rnas.model import Network
-from e2rnas.ops import PRIMITIVES
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.genotypes import STEPS, Genotype
+from e2rnas.space.latency_table import LatencyTable, describe_shape
+from e2rnas.space.network import Network
+from e2rnas.space.ops import PRIMITIVES
 
 OPS = [op for op in PRIMITIVES if op != "none"]
 CONCAT = tuple(range(2, 2 + STEPS))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 def search_child(steps: int, warmup: int, device: str) -> dict:
     from e2rnas.config import build_config
-    from e2rnas.search import SearchConfig, run_search
+    from e2rnas.search.runner import SearchConfig, run_search
 
     cfg = build_config(SearchConfig, preset="embedded-default", section="search", overrides=dict(
         epochs=1, warmup_epochs=0, max_steps_per_epoch=steps + warmup, device=device))
@@ -46,8 +46,8 @@ def search_child(steps: int, warmup: int, device: str) -> dict:
 
 def train_child(steps: int, warmup: int, device: str, amp: str = "off") -> dict:
     from e2rnas.config import build_config
-    from e2rnas.genotypes import GENOTYPES
-    from e2rnas.train import TrainConfig, train
+    from e2rnas.space.genotypes import GENOTYPES
+    from e2rnas.train.trainer import TrainConfig, train
 
     cfg = build_config(TrainConfig, preset="embedded-default", section="train", overrides=dict(
         epochs=2, max_train_batches=steps, device=device, amp=amp, val_fraction=0.1))

@@ -50,11 +50,11 @@ def _peak_rss_gb() -> float:
 def child(cfg: dict, mode: dict, warmup: int, steps: int, device: str = "cpu") -> dict:
     import torch
 
-    from e2rnas.bilevel import BilevelStep, StepBatch
-    from e2rnas.cost import CostModel, DeployShape
-    from e2rnas.mgda import Weighting
-    from e2rnas.objectives import make_objectives
-    from e2rnas.search_model import SearchNetwork
+    from e2rnas.search.bilevel import BilevelStep, StepBatch
+    from e2rnas.search.mgda import Weighting
+    from e2rnas.search.objectives import make_objectives
+    from e2rnas.space.cost import CostModel, DeployShape
+    from e2rnas.space.supernet import SearchNetwork
 
     torch.manual_seed(0)
     n, s, k = cfg["batch"], cfg["size"], cfg["classes"]

@@ -19,8 +19,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model import Network
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.space.network import Network
 
 AMP = {"off": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -40,7 +40,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     # Add new commands here: (name, module in cli/, function).
 )
 #: command -> (config section, config class path) whose presets --help shows per option
-PRESET_HELP = {"search": ("search", "e2rnas.search:SearchConfig"), "train": ("train", "e2rnas.train:TrainConfig")}
+PRESET_HELP = {"search": ("search", "e2rnas.search.runner:SearchConfig"),
+               "train": ("train", "e2rnas.train.trainer:TrainConfig")}
 GLOBAL_FLAGS = {"-v", "-vv", "-vvv", "--verbose", "-q", "--quiet"}
 
 

@@ -54,7 +54,7 @@ def eval_model(
     download: opt.Download = None, device: opt.Device = None, out: EvalOut = None, json: opt.Json = False,
 ) -> None:
     """Evaluate a trained model (or an exported artifact) on clean, adversarial and OoD data."""
-    from e2rnas.evaluate import evaluate_file, protocol_from
+    from e2rnas.evaluation.evaluate import evaluate_file, protocol_from
 
     dev = opt.resolve_device(device)
     if attack_preset and preset and attack_preset != preset:

@@ -51,7 +51,7 @@ def export(
 
     shape = None
     if any(v is not None for v in (layers, channels, image_size, classes)):
-        from e2rnas.cost import DeployShape
+        from e2rnas.space.cost import DeployShape
 
         d = DeployShape()
         shape = DeployShape(layers=layers or d.layers, C=channels or d.C, num_classes=classes or d.num_classes,

@@ -13,7 +13,7 @@ from e2rnas.cli._output import console, print_json, print_table
 def _shape(layers: int | None, channels: int | None, image_size: int | None, classes: int | None, variant: str,
            recorded=None):
     """Flags over the recorded deploy shape (of a run or model), over the DARTS evaluation network's."""
-    from e2rnas.cost import DeployShape
+    from e2rnas.space.cost import DeployShape
 
     d = recorded or DeployShape()
     return DeployShape(layers=layers or d.layers, C=channels or d.C, num_classes=classes or d.num_classes,
@@ -25,7 +25,7 @@ def recorded_shape(ref: str):
     import json
     from pathlib import Path
 
-    from e2rnas.cost import DeployShape
+    from e2rnas.space.cost import DeployShape
 
     path = Path(ref)
     if path.is_file() and path.suffix == ".pt":
@@ -48,8 +48,8 @@ Variant = Annotated[str, typer.Option("--variant", help="Network stem: cifar or 
 def genotypes(layers: opt.Layers = None, channels: opt.Channels = None, image_size: opt.ImageSize = None,
               classes: opt.Classes = None, variant: Variant = "cifar", json: opt.Json = False) -> None:
     """The built-in genotypes with exact params, MACs and FLOPs at a deploy shape (default 20 cells, C=36, 32x32)."""
-    from e2rnas.cost import CostModel
-    from e2rnas.genotypes import GENOTYPES
+    from e2rnas.space.cost import CostModel
+    from e2rnas.space.genotypes import GENOTYPES
 
     shape = _shape(layers, channels, image_size, classes, variant)
     model = CostModel(shape)
@@ -74,8 +74,8 @@ def cost(
 ) -> None:
     """Exact deploy cost of one genotype, split into the fixed part and the cells (a run or model.pt: at its
     recorded deploy shape unless flags say otherwise)."""
-    from e2rnas.cost import CostModel
-    from e2rnas.genotypes import resolve_genotype
+    from e2rnas.space.cost import CostModel
+    from e2rnas.space.genotypes import resolve_genotype
 
     g = resolve_genotype(genotype)
     shape = _shape(layers, channels, image_size, classes, variant, recorded=recorded_shape(genotype))

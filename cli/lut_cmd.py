@@ -14,7 +14,7 @@ from e2rnas.cli.bench_cmd import TargetFile, TargetName, Threads
 from e2rnas.cli.info_cmd import Variant
 
 if TYPE_CHECKING:
-    from e2rnas.latency_table import LatencyTable
+    from e2rnas.space.latency_table import LatencyTable
 
 DeployLayers = Annotated[int | None, typer.Option("--deploy-layers", help="Cells of the deployed network.")]
 DeployChannels = Annotated[int | None, typer.Option("--deploy-channels", help="C of the deployed network.")]
@@ -34,10 +34,10 @@ def lut(
     seed: opt.Seed = None, json: opt.Json = False,
 ) -> None:
     """Measure per-op latencies of the deploy network on a target (default: the preset's deploy shape)."""
-    from e2rnas.cost import DeployShape
     from e2rnas.deploy_targets.lut import measure_latency_table
     from e2rnas.deploy_targets.profiles import get_target
     from e2rnas.presets import preset_section
+    from e2rnas.space.cost import DeployShape
 
     p = preset_section(preset, "search")
     shape = DeployShape(layers=_given(deploy_layers, p["deploy_layers"]), C=_given(deploy_channels, p["deploy_C"]),
@@ -64,7 +64,7 @@ def _given(value: int | None, default: int) -> int:
 
 
 def show(table: LatencyTable) -> None:
-    from e2rnas.latency_table import describe_shape
+    from e2rnas.space.latency_table import describe_shape
 
     geos = sorted({k[1:] for k in table.ops}, key=lambda g: (g[0], -g[2], g[1]))
     rows = [[op, *(f"{table.op_ms(op, *g):.4f}" for g in geos), f"{table.op_scale.get(op, 1.0):.2f}"]

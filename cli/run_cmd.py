@@ -32,7 +32,7 @@ def run(
     """Search -> train -> eval -> export -> bench -> check -> report, skipping stages already complete."""
     from e2rnas.cli._config import load_yaml
     from e2rnas.errors import E2RNASError
-    from e2rnas.pipeline import PipelineConfig, run_pipeline
+    from e2rnas.run.pipeline import PipelineConfig, run_pipeline
 
     values = load_yaml(config) if config else {}
     values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target,
@@ -105,7 +105,7 @@ def stages_to_stderr(enabled: bool) -> Iterator[None]:
 
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `e2rnas run`.")]) -> None:
     """Rebuild report.md and report.html (with PNG plots) from a run directory's files."""
-    from e2rnas.report import build_report
+    from e2rnas.run.report import build_report
 
     paths = build_report(run_dir)
     console.print(f"wrote {paths['md']} and {paths['html']}")

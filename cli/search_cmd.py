@@ -152,7 +152,7 @@ def search(
 ) -> None:
     """Search a cell with E2RNAS: val, OoD, adversarial, params and MACs objectives (and latency, with --lut)
     combined by MGDA; the genotype is derived under the deploy budget (--derive budget) or by the DARTS rule."""
-    from e2rnas.search import SearchConfig, run_search
+    from e2rnas.search.runner import SearchConfig, run_search
 
     notes = []
     no_ood = ood_dataset is not None and ood_dataset.lower() == "none"
@@ -196,7 +196,7 @@ def search(
               f"search: {cfg.dataset} (OoD {cfg.ood_dataset}), {cfg.method}, {cfg.layers} cells C={cfg.C}, "
               f"{cfg.epochs} epochs; L = {cfg.params_bound} M params, F = {cfg.flops_bound} M MACs",
               f"run directory: {out_dir}"]
-    from e2rnas.tracking import log_record, open_tracker
+    from e2rnas.run.tracking import log_record, open_tracker
 
     with open_tracker(tracker, run_dir=out_dir, config=cfg.as_dict()) as track, \
             SearchProgress(cfg.params_bound, cfg.flops_bound, enabled=not json, header=header) as view:

@@ -49,7 +49,7 @@ def sweep(
     """Run the pipeline (search, short retrain, eval, export, bench, check) once per budget point on Ray Tune;
     write sweep.json, sweep.csv and pareto.png. Rerun with the same --out to resume."""
     from e2rnas.cli._config import load_yaml
-    from e2rnas.sweep import COSTS, GAINS, run_sweep, sweep_points
+    from e2rnas.run.sweep import COSTS, GAINS, run_sweep, sweep_points
 
     points = sweep_points(params=_bounds(params_bounds, "--params-bounds"),
                           macs=_bounds(macs_bounds, "--macs-bounds"),

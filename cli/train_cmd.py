@@ -42,9 +42,9 @@ def train(
 ) -> None:
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
     from e2rnas.cli._config import build_config, print_resolved
-    from e2rnas.genotypes import resolve_genotype
-    from e2rnas.train import TrainConfig, search_meta
-    from e2rnas.train import train as run_train
+    from e2rnas.space.genotypes import resolve_genotype
+    from e2rnas.train.trainer import TrainConfig, search_meta
+    from e2rnas.train.trainer import train as run_train
 
     g = resolve_genotype(genotype)
     out_dir = out or Path("runs") / f"train-{_run_name(genotype)}"
@@ -63,7 +63,7 @@ def train(
         return
     import dataclasses
 
-    from e2rnas.tracking import log_record, open_tracker
+    from e2rnas.run.tracking import log_record, open_tracker
 
     with open_tracker(tracker, run_dir=out_dir, config=dataclasses.asdict(cfg)) as track:
         summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,

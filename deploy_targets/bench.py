@@ -1,9 +1,9 @@
 """``bench``: every artifact (torch ``model.pt``, ONNX, TensorRT engine) measured on one target.
 
 Per artifact: file size, accuracy / PGD accuracy / OoD AUPR re-measured *on the artifact* through
-``e2rnas.evaluate.evaluate`` (so int8 or fp16 drift shows; adversarial examples are made on the torch source model
-and transferred when the artifact has no gradients), and latency statistics per batch size. The environment the
-numbers came from is recorded with them.
+``e2rnas.evaluation.evaluate.evaluate`` (so int8 or fp16 drift shows; adversarial examples are made on the torch
+source model and transferred when the artifact has no gradients), and latency statistics per batch size. The
+environment the numbers came from is recorded with them.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def resolve_threads(target: Target, threads: int | None) -> int | None:
 class EvalData:
     test: Any  # ImageSet or None
     ood: Any  # ImageSet or None
-    protocol: Any  # e2rnas.evaluate.EvalProtocol or None
+    protocol: Any  # e2rnas.evaluation.evaluate.EvalProtocol or None
     info: dict[str, Any]
 
 
@@ -138,7 +138,7 @@ def load_eval_data(*, metrics: Sequence[str], data_meta: dict[str, Any], image_s
     wanted = [m for m in metrics if m in _EVAL_METRICS]
     if not wanted:
         return EvalData(None, None, None, {})
-    from e2rnas.evaluate import eval_data, protocol_from
+    from e2rnas.evaluation.evaluate import eval_data, protocol_from
 
     if "ood" in wanted and not (ood_dataset or data_meta.get("ood_dataset")):
         spec = (dataset or data_meta.get("dataset") or "").partition(":")[0]
@@ -176,9 +176,9 @@ def _load_attack_model(source: Path | None) -> Any:
 
 
 def evaluate_artifact(predictor: Any, *, data: EvalData, metrics: Sequence[str], attack_model: Any) -> dict[str, Any]:
-    """accuracy / PGD / AUPR of ``predictor`` via ``e2rnas.evaluate`` (transfer attack from ``attack_model`` when
-    the predictor is not a torch model), under the names bench and check report."""
-    from e2rnas.evaluate import evaluate
+    """accuracy / PGD / AUPR of ``predictor`` via ``e2rnas.evaluation.evaluate`` (transfer attack from
+    ``attack_model`` when the predictor is not a torch model), under the names bench and check report."""
+    from e2rnas.evaluation.evaluate import evaluate
 
     wanted = tuple(_EVAL_METRICS[m] for m in metrics if m in _EVAL_METRICS)
     if not wanted:

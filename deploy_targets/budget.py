@@ -267,8 +267,8 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
     from e2rnas.deploy_targets.cpu_features import cpu_features
     from e2rnas.deploy_targets.env import environment
     from e2rnas.deploy_targets.runners import artifact_format, open_runner
-    from e2rnas.model import count_macs, count_params
     from e2rnas.model_io import load_model
+    from e2rnas.space.network import count_macs, count_params
 
     run = find_run(run_or_model)
     loaded = load_model(run.model)

@@ -1,4 +1,4 @@
-"""Measure a latency lookup table (``e2rnas.latency_table.LatencyTable``) on a deploy target.
+"""Measure a latency lookup table (``e2rnas.space.latency_table.LatencyTable``) on a deploy target.
 
 What is timed, and why (``docs/latency-table.md``):
 
@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from e2rnas.cost import CostModel, DeployShape
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import STEPS, Genotype
-from e2rnas.latency_table import LatencyTable, LatencyTableError
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.genotypes import STEPS, Genotype
+from e2rnas.space.latency_table import LatencyTable, LatencyTableError
 
 if TYPE_CHECKING:
     from e2rnas.deploy_targets.profiles import Target
@@ -67,7 +67,7 @@ def measure_latency_table(*, shape: DeployShape, target: str | Target = "cpu", b
     ``target`` is a target name or ``Target``; ``threads`` defaults to what ``e2rnas bench`` uses there;
     ``on_progress(stage, done, total)`` is called after each export and each timed graph."""
     from e2rnas.deploy_targets.bench import resolve_threads
-    from e2rnas.ops import PRIMITIVES
+    from e2rnas.space.ops import PRIMITIVES
 
     t = _local_ort_target(target)
     _check_shape(shape)
@@ -290,7 +290,7 @@ def in_context_module(module: Any, *, after_stride: int = 1) -> Any:
 
 
 def _check_shape(shape: DeployShape) -> None:
-    from e2rnas.model import VARIANTS
+    from e2rnas.space.network import VARIANTS
 
     if shape.layers < 3 or shape.C < 1 or shape.num_classes < 1 or shape.input_size < 1:
         raise E2RNASError(f"a deploy network needs >= 3 cells and positive channels, classes and input size; got "
@@ -317,7 +317,7 @@ def _export_module(module: Any, input_shape: tuple[int, ...], folder: Path) -> P
 
 def export_op(op: str, *, C: int, stride: int, size: int, batch: int, folder: Path, in_context: bool = True) -> Path:
     """``OPS[op](C, stride, True)`` (eval, random weights) as ONNX in ``folder``, in the wrapper if ``in_context``."""
-    from e2rnas.ops import OPS
+    from e2rnas.space.ops import OPS
 
     module = OPS[op](C, stride, True).eval()
     return _export_module(in_context_module(module) if in_context else module, (batch, C, size, size), folder)
@@ -326,7 +326,7 @@ def export_op(op: str, *, C: int, stride: int, size: int, batch: int, folder: Pa
 def export_network(genotype: Genotype, *, shape: DeployShape, folder: Path) -> Path:
     """The deploy network of ``genotype`` (eval, random weights), exported whole as the references are."""
     from e2rnas.export.onnx_export import export_onnx
-    from e2rnas.model import Network
+    from e2rnas.space.network import Network
 
     net = Network(genotype, shape.C, shape.layers, shape.num_classes, variant=shape.variant,
                   input_size=shape.input_size).eval()
@@ -366,7 +366,7 @@ def _environment(threads: int | None) -> dict[str, Any]:
 
 def _table(t: Any, shape: DeployShape, batch: int, threads: int | None, *, fixed: float, ops: dict,
            scales: dict[str, float], env: dict, measurement: dict) -> LatencyTable:
-    from e2rnas.ops import PRIMITIVES
+    from e2rnas.space.ops import PRIMITIVES
 
     runtime = "onnxruntime-cpu" if t.device == "cpu" else "onnxruntime-cuda"
     key = {"target": t.name, "runtime": runtime, "precision": "fp32", "batch": batch, "threads": threads,

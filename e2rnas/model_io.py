@@ -16,10 +16,10 @@ import torch
 from e2rnas import __version__
 from e2rnas._io import atomic_torch_save
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import Genotype
-from e2rnas.model import Network
+from e2rnas.space.genotypes import Genotype
+from e2rnas.space.network import Network
 
-FORMAT = "e2rnas.model/1"
+FORMAT = "e2rnas.space.network/1"
 
 
 class ModelFileError(E2RNASError):

@@ -24,7 +24,7 @@ from torch import nn
 
 from e2rnas.errors import E2RNASError
 from e2rnas.export._registry import INPUT_NAME, ONNX_EXPORTERS, OPSETS, OUTPUT_NAME
-from e2rnas.model import Network
+from e2rnas.space.network import Network
 
 
 class ExportError(E2RNASError):

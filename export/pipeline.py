@@ -33,9 +33,9 @@ from e2rnas.export._registry import (
     artifact_name,
     export_config,
 )
-from e2rnas.genotypes import Genotype, resolve_genotype
-from e2rnas.model import Network
 from e2rnas.model_io import ModelFileError, NetworkSpec, load_model
+from e2rnas.space.genotypes import Genotype, resolve_genotype
+from e2rnas.space.network import Network
 
 SUMMARY = "export.json"
 SUMMARY_FORMAT = "e2rnas.export/1"
@@ -60,7 +60,7 @@ class Source:
 
 def load_source(source: str | Path, *, shape: Any | None = None, seed: int = 0) -> Source:
     """A ``model.pt`` file (trained weights), or a genotype reference (built-in name, genotype.json, search run
-    directory) built at ``shape`` (an ``e2rnas.cost.DeployShape``; default 20 cells, C=36, 32x32, 10 classes)
+    directory) built at ``shape`` (an ``e2rnas.space.cost.DeployShape``; default 20 cells, C=36, 32x32, 10 classes)
     with seeded random weights."""
     text = str(source)
     if text.endswith(".pt"):
@@ -71,7 +71,7 @@ def load_source(source: str | Path, *, shape: Any | None = None, seed: int = 0) 
         except ModelFileError as exc:
             raise ModelFileError(_one_line(exc)) from exc
         return Source(loaded.model, loaded.genotype, loaded.spec, text, True, dict(loaded.meta))
-    from e2rnas.cost import DeployShape
+    from e2rnas.space.cost import DeployShape
 
     genotype = resolve_genotype(text)
     shape = shape or DeployShape()

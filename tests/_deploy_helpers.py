@@ -31,8 +31,8 @@ def make_tiny_run(root: Path, *, pipeline: bool = False, search_in_meta: bool = 
 
     The search record goes into model.pt's meta (flat, or nested as training writes it: genotype_source +
     summary), or only into RUN/search/summary.json."""
-    from e2rnas.genotypes import GENOTYPES
     from e2rnas.model_io import NetworkSpec, save_model
+    from e2rnas.space.genotypes import GENOTYPES
 
     torch.manual_seed(0)
     spec = NetworkSpec(C=4, layers=5, num_classes=5, input_size=16)
@@ -57,8 +57,8 @@ def train_digits_model(path: Path, *, epochs: int = 3, search: dict | None = Non
     """A real model.pt: a 3-cell C=4 DARTS_V2 network trained on digits (about 2 s, ~90 % accuracy), so that int8
     agreement and parity gates mean something."""
     from e2rnas.data import batches, load_dataset, normalization_for
-    from e2rnas.genotypes import GENOTYPES
     from e2rnas.model_io import NetworkSpec, save_model
+    from e2rnas.space.genotypes import GENOTYPES
 
     train = load_dataset("digits", split="train")
     mean, std = normalization_for("digits", train)

@@ -9,11 +9,11 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from e2rnas.amp import make_precision, resolve_amp
 from e2rnas.cli.app import app
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.train import TrainConfig, train
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.train.amp import make_precision, resolve_amp
+from e2rnas.train.trainer import TrainConfig, train
 
 TINY = TrainConfig(dataset="digits", layers=3, C=4, epochs=1, batch_size=32, cutout=0, crop_pad=2, flip=False,
                    auxiliary=False, val_fraction=0.1, max_train_batches=2)

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from e2rnas.attacks import fgsm, pgd
 from e2rnas.data import load_dataset
-from e2rnas.evaluate import EvalProtocol, evaluate
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model import Network
+from e2rnas.evaluation.attacks import fgsm, pgd
+from e2rnas.evaluation.evaluate import EvalProtocol, evaluate
 from e2rnas.model_io import load_model
 from e2rnas.predict import TorchPredictor
-from e2rnas.train import TrainConfig, train
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.space.network import Network
+from e2rnas.train.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from e2rnas.bilevel import BilevelStep, StepBatch
-from e2rnas.mgda import Weighting
-from e2rnas.objectives import make_objectives
-from e2rnas.search_model import SearchNetwork
+from e2rnas.search.bilevel import BilevelStep, StepBatch
+from e2rnas.search.mgda import Weighting
+from e2rnas.search.objectives import make_objectives
+from e2rnas.space.supernet import SearchNetwork
 
 LR, MOMENTUM, WD = 0.05, 0.9, 3e-3
 

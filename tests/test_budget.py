@@ -62,8 +62,8 @@ def test_malformed_budgets(data, match: str) -> None:
 
 
 def test_shipped_default_budget_fits_the_embedded_default_network() -> None:
-    from e2rnas.genotypes import GENOTYPES
-    from e2rnas.model import Network, count_macs, count_params
+    from e2rnas.space.genotypes import GENOTYPES
+    from e2rnas.space.network import Network, count_macs, count_params
 
     b = load_budget(default_budget_path())
     assert b.max_params_m and b.max_macs_m and b.max_latency_ms and b.min_accuracy

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
-from e2rnas.cost import CostModel, DeployShape
-from e2rnas.genotypes import GENOTYPES
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.genotypes import GENOTYPES
 
 
 def _e2rnas(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

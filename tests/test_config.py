@@ -12,8 +12,8 @@ import yaml
 from e2rnas.cli._config import build_config, config_yaml
 from e2rnas.cli.app import hoist_global_options
 from e2rnas.errors import E2RNASError
-from e2rnas.search import SearchConfig
-from e2rnas.train import TrainConfig
+from e2rnas.search.runner import SearchConfig
+from e2rnas.train.trainer import TrainConfig
 
 
 def _e2rnas(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -3,10 +3,10 @@ import random
 import pytest
 import torch
 
-from e2rnas.cost import Cost, CostModel, DeployShape, _edge_source
-from e2rnas.genotypes import GENOTYPES, Genotype
-from e2rnas.model import Network, count_macs, count_params
-from e2rnas.ops import PRIMITIVES
+from e2rnas.space.cost import Cost, CostModel, DeployShape, _edge_source
+from e2rnas.space.genotypes import GENOTYPES, Genotype
+from e2rnas.space.network import Network, count_macs, count_params
+from e2rnas.space.ops import PRIMITIVES
 
 # ../shared/REFERENCE.md: params (M) and conv/linear MACs (M) at 20 cells, C=36, 32x32, 10 classes
 REFERENCE = {

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from e2rnas.cost import CostModel, DeployShape
-from e2rnas.derive import (
+from e2rnas.search.derive import (
     BudgetInfeasibleError,
     check_feasible,
     deploy_costs,
@@ -17,9 +16,10 @@ from e2rnas.derive import (
     derive_darts,
     log_strengths,
 )
-from e2rnas.genotypes import GENOTYPES, Genotype
-from e2rnas.guards import normalized_entropy, search_warnings
-from e2rnas.ops import PRIMITIVES
+from e2rnas.search.guards import normalized_entropy, search_warnings
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.genotypes import GENOTYPES, Genotype
+from e2rnas.space.ops import PRIMITIVES
 
 SHAPE = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
 NODE_EDGES = [[0, 1], [2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12, 13]]

@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from e2rnas.cli.app import app
 from e2rnas.data import load_dataset
 from e2rnas.errors import E2RNASError
-from e2rnas.evaluate import PROTOCOLS, EvalProtocol, eval_data, evaluate, protocol_from
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model import count_params
+from e2rnas.evaluation.evaluate import PROTOCOLS, EvalProtocol, eval_data, evaluate, protocol_from
 from e2rnas.model_io import load_model
 from e2rnas.predict import OnnxRuntimePredictor, TorchPredictor
-from e2rnas.train import TrainConfig, train
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.space.network import count_params
+from e2rnas.train.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,12 @@ from _deploy_helpers import train_digits_model
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
-from e2rnas.cost import DeployShape
 from e2rnas.data import load_dataset
 from e2rnas.errors import E2RNASError
 from e2rnas.export import EXPORTERS, artifact_name, export_model, read_metadata
-from e2rnas.genotypes import GENOTYPES, Genotype
 from e2rnas.predict import OnnxRuntimePredictor, load_predictor
+from e2rnas.space.cost import DeployShape
+from e2rnas.space.genotypes import GENOTYPES, Genotype
 
 TINY = DeployShape(layers=5, C=4, num_classes=5, input_size=16)
 FAST = dict(exporter="torchscript", shape=TINY, check_batch=7, validation_samples=14)

@@ -12,11 +12,11 @@ import pytest
 import torch
 from _deploy_helpers import train_digits_model
 
-from e2rnas.cost import DeployShape
 from e2rnas.errors import E2RNASError
 from e2rnas.export import TensorRTUnavailable, artifact_name, export_model
 from e2rnas.export.tensorrt import support_problem
 from e2rnas.predict import load_predictor
+from e2rnas.space.cost import DeployShape
 
 
 def _trt_missing() -> str | None:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from e2rnas.genotypes import GENOTYPES, Genotype, GenotypeError, resolve_genotype
+from e2rnas.space.genotypes import GENOTYPES, Genotype, GenotypeError, resolve_genotype
 
 
 @pytest.mark.parametrize("name", list(GENOTYPES))

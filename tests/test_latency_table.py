@@ -15,10 +15,10 @@ import torch
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
-from e2rnas.cost import CostModel, DeployShape
-from e2rnas.genotypes import GENOTYPES, STEPS
-from e2rnas.latency_table import LatencyTable, LatencyTableError
-from e2rnas.ops import PRIMITIVES
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.genotypes import GENOTYPES, STEPS
+from e2rnas.space.latency_table import LatencyTable, LatencyTableError
+from e2rnas.space.ops import PRIMITIVES
 
 TINY = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
 CLI_TINY = ["--deploy-layers", "5", "--deploy-channels", "8", "--deploy-image-size", "16", "--classes", "5",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import Bounds, LinearConstraint, minimize
 
-from e2rnas.mgda import Weighting, min_norm_weights, normalizers
+from e2rnas.search.mgda import Weighting, min_norm_weights, normalizers
 
 
 def _objective(G: torch.Tensor, w: torch.Tensor) -> float:

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model import Network, count_params
-from e2rnas.ops import PRIMITIVES, FactorizedReduce
-from e2rnas.search_model import SearchNetwork, derive_genotype
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.space.network import Network, count_params
+from e2rnas.space.ops import PRIMITIVES, FactorizedReduce
+from e2rnas.space.supernet import SearchNetwork, derive_genotype
 
 
 def test_search_network_forward_backward_and_parameter_sets():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from e2rnas.objectives import (
+from e2rnas.search.objectives import (
     OBJECTIVES,
     AdvLoss,
     FlopsLoss,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from e2rnas.ood_metrics import max_softmax, ood_metrics
+from e2rnas.evaluation.ood_metrics import max_softmax, ood_metrics
 
 
 def test_separable_scores_are_perfect():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from e2rnas.ops import OPS, PRIMITIVES
+from e2rnas.space.ops import OPS, PRIMITIVES
 
 
 def test_registry_holds_the_eight_darts_primitives():

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 from torch.func import functional_call
 
-from e2rnas.bilevel import BilevelStep, StepBatch
-from e2rnas.cost import CostModel, DeployShape
-from e2rnas.mgda import Weighting
-from e2rnas.objectives import make_objectives
 from e2rnas.presets import PRESETS
-from e2rnas.search_model import SearchNetwork
+from e2rnas.search.bilevel import BilevelStep, StepBatch
+from e2rnas.search.mgda import Weighting
+from e2rnas.search.objectives import make_objectives
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.supernet import SearchNetwork
 
 PAPER = PRESETS["paper"]["search"]
 OBJECTIVES = ("val", "ood", "adv", "params", "flops")

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from e2rnas.cli._config import build_config
 from e2rnas.cli.app import app
-from e2rnas.pipeline import PipelineConfig, flags, plan
-from e2rnas.search import SearchConfig, run_search
+from e2rnas.run.pipeline import PipelineConfig, flags, plan
+from e2rnas.search.runner import SearchConfig, run_search
 
 REDUCED = {
     "search": {"epochs": 1, "warmup_epochs": 0, "max_steps_per_epoch": 2, "layers": 3, "channels": 4,
@@ -156,7 +156,7 @@ def test_the_pipeline_composes_library_functions_not_the_cli(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from e2rnas.pipeline import PipelineConfig, plan; "
+    code = ("import sys; from e2rnas.run.pipeline import PipelineConfig, plan; "
             f"stages = plan(PipelineConfig(), {str(tmp_path)!r}); "
             "assert all(callable(s.run) for s in stages); "
             "print(sorted(m for m in sys.modules if m.startswith(('e2rnas.cli', 'typer', 'click'))))")
@@ -167,7 +167,7 @@ def test_the_pipeline_composes_library_functions_not_the_cli(tmp_path):
 
 def test_a_stage_option_the_library_does_not_know_is_one_line(tmp_path):
     from e2rnas.errors import E2RNASError
-    from e2rnas.stages import StageContext, bench
+    from e2rnas.run.stages import StageContext, bench
 
     ctx = StageContext(run_dir=tmp_path, preset="embedded-default", target="cpu")
     with pytest.raises(E2RNASError, match=r"^bench: unknown option 'batches' in the run's bench settings"):

@@ -7,10 +7,10 @@ import subprocess
 import torch
 
 import e2rnas
-from e2rnas import provenance as P
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.search import SearchConfig, run_search
-from e2rnas.train import TrainConfig, train
+from e2rnas.run import provenance as P
+from e2rnas.search.runner import SearchConfig, run_search
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.train.trainer import TrainConfig, train
 
 
 def test_record_holds_the_command_directory_versions_and_machine():

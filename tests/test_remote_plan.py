@@ -17,8 +17,8 @@ from _deploy_helpers import export_onnx
 from e2rnas.deploy_targets import remote_runner as R
 from e2rnas.deploy_targets.remote import RemoteError, SshConfig, artifact_plan, remote_backend
 from e2rnas.export.graph_facts import graph_facts, tensorrt_problem
-from e2rnas.genotypes import GENOTYPES
 from e2rnas.model_io import NetworkSpec
+from e2rnas.space.genotypes import GENOTYPES
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from e2rnas import cell_graph
 from e2rnas.cli.app import app
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.report import binomial_interval, build_report, report_warnings, search_figure
+from e2rnas.run import cell_graph
+from e2rnas.run.report import binomial_interval, build_report, report_warnings, search_figure
+from e2rnas.space.genotypes import GENOTYPES
 
 G = GENOTYPES["DARTS_V2"].to_dict()
 PROV = {"date": "2025-01-02T03:04:05Z", "e2rnas": "0.1.0", "git_sha": "abc123def4567890", "git_dirty": False,

@@ -7,12 +7,12 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from typer.testing import CliRunner
 
-from e2rnas.bilevel import BilevelStep, DivergenceError, StepBatch
-from e2rnas.cost import CostModel, DeployShape
-from e2rnas.mgda import Weighting
-from e2rnas.objectives import OBJECTIVES, make_objectives, ood_kl_uniform
-from e2rnas.search import SearchConfig, run_search
-from e2rnas.search_model import SearchNetwork
+from e2rnas.search.bilevel import BilevelStep, DivergenceError, StepBatch
+from e2rnas.search.mgda import Weighting
+from e2rnas.search.objectives import OBJECTIVES, make_objectives, ood_kl_uniform
+from e2rnas.search.runner import SearchConfig, run_search
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.supernet import SearchNetwork
 
 ALL = ("val", "ood", "adv", "params", "flops")
 
@@ -55,7 +55,7 @@ def test_switched_off_objective_gets_no_weight():
 
 def test_objectives_registry_contract():
     model, _, batch = _setup()
-    from e2rnas.objectives import ObjectiveContext
+    from e2rnas.search.objectives import ObjectiveContext
 
     ctx = ObjectiveContext(forward=model, x_val=batch.x_val, y_val=batch.y_val, x_adv=batch.x_val,
                            x_ood=batch.x_ood_upper, params_m=torch.tensor(0.1), macs_m=torch.tensor(3.0),
@@ -64,7 +64,7 @@ def test_objectives_registry_contract():
     for name, cls in OBJECTIVES.items():
         value = cls()(ctx)
         assert value.ndim == 0 and torch.isfinite(value) and cls.name == name
-    from e2rnas.objectives import LatencyLoss
+    from e2rnas.search.objectives import LatencyLoss
 
     assert float(LatencyLoss()(ctx)) == pytest.approx(0.5)  # |0.3 - 0.2| / 0.2
     # KL(U || softmax) is zero exactly for uniform predictions and per-sample (not divided by K)
@@ -270,8 +270,8 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path):
 
 
 def test_prune_keeps_none_as_a_candidate_only_when_asked():
-    from e2rnas.ops import PRIMITIVES
-    from e2rnas.search import prune_mask
+    from e2rnas.search.runner import prune_mask
+    from e2rnas.space.ops import PRIMITIVES
 
     strengths = torch.full((14, len(PRIMITIVES)), 0.01)
     strengths[:, PRIMITIVES.index("none")] = 0.5  # the strongest op on every edge
@@ -284,8 +284,8 @@ def test_prune_keeps_none_as_a_candidate_only_when_asked():
 
 
 def test_pdarts_skip_dropout_schedule_and_identity_only():
-    from e2rnas.search import skip_dropout
-    from e2rnas.search_model import MixedOp
+    from e2rnas.search.runner import skip_dropout
+    from e2rnas.space.supernet import MixedOp
 
     cfg = SearchConfig(method="p-darts", epochs=75, pdarts_warmup_epochs=10, pdarts_dropout_decay=True,
                        pdarts_skip_dropout=(0.0, 0.4, 0.7), ood_dataset=None, ll_ood=False,
@@ -341,7 +341,7 @@ def test_ll_ood_weight_scales_the_lower_level_ood_term():
 
 
 def test_fgsm_example_is_made_at_the_unrolled_weights(monkeypatch):
-    import e2rnas.bilevel as bilevel
+    import e2rnas.search.bilevel as bilevel
 
     seen = []
     real = bilevel.fgsm
@@ -368,7 +368,7 @@ def test_search_config_resolves_method_defaults_and_augmentation():
 
 
 def test_search_augmentation_changes_both_halves_and_resumes_identically(tmp_path):
-    from e2rnas.search import SearchRun, load_search_data
+    from e2rnas.search.runner import SearchRun, load_search_data
 
     cfg = SearchConfig(**TINY | dict(search_augment=True, search_cutout=4))
     data = load_search_data(cfg)

@@ -7,9 +7,9 @@ from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import Genotype
-from e2rnas.latency_table import LatencyTable
-from e2rnas.search import SearchConfig, run_search
+from e2rnas.search.runner import SearchConfig, run_search
+from e2rnas.space.genotypes import Genotype
+from e2rnas.space.latency_table import LatencyTable
 
 TINY = dict(dataset="digits", ood_dataset="digits-ood", layers=3, C=4, epochs=2, batch_size=16,
             max_steps_per_epoch=2, deploy_layers=5, deploy_C=8, deploy_num_classes=5, deploy_input_size=16,

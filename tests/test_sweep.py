@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
 from e2rnas.errors import E2RNASError
-from e2rnas.sweep import SweepPoint, pareto_mask, plot_pareto, sweep_points
+from e2rnas.run.sweep import SweepPoint, pareto_mask, plot_pareto, sweep_points
 
 #: the tests' tiny pipeline (tests/test_pipeline.py), without the latency table and the report
 TINY = {

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
 from e2rnas.errors import E2RNASError
-from e2rnas.tracking import flatten, open_tracker
+from e2rnas.run.tracking import flatten, open_tracker
 
 TRAIN = ["train", "DARTS_V2", "--device", "cpu", "--dataset", "digits", "--layers", "3", "--channels", "4",
          "--epochs", "2", "--batch-size", "32", "--max-train-batches", "2", "--json"]

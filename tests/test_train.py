@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import GENOTYPES
-from e2rnas.model import Network
 from e2rnas.model_io import load_model
-from e2rnas.train import TrainConfig, load_split, load_test_set, load_train_set, train
+from e2rnas.space.genotypes import GENOTYPES
+from e2rnas.space.network import Network
+from e2rnas.train.trainer import TrainConfig, load_split, load_test_set, load_train_set, train
 
 G = GENOTYPES["DARTS_V2"]
 TINY = TrainConfig(dataset="digits", layers=3, C=4, epochs=3, batch_size=32, lr=0.05, cutout=4, crop_pad=2,
@@ -39,7 +39,7 @@ def test_a_few_epochs_on_digits_beat_chance_by_far(tmp_path):
     assert records[0]["lr"] == pytest.approx(0.1) and records[-1]["lr"] < 0.01  # cosine
     # model.pt holds the best-validation epoch: its validation accuracy is the recorded best
     from e2rnas.data import split_indices
-    from e2rnas.train import VAL_SPLIT_SEED, accuracy
+    from e2rnas.train.trainer import VAL_SPLIT_SEED, accuracy
 
     full = load_split("digits", "train")
     val = full.subset(split_indices(full.y.numpy(), 0.1, VAL_SPLIT_SEED)[1])
@@ -73,7 +73,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_model_file_loads_with_weights_only(tmp_path):
     train(replace(TINY, epochs=1), genotype=G, out_dir=tmp_path, progress=False, search_meta={"src": "test"})
     blob = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
-    assert blob["format"] == "e2rnas.model/1"
+    assert blob["format"] == "e2rnas.space.network/1"
     assert blob["data"]["dataset"] == "digits" and blob["data"]["ood_dataset"] == "digits-ood"
     assert blob["data"]["num_classes"] == 5 and blob["data"]["image_size"] == 16
     assert blob["search"] == {"src": "test"}

@@ -5,8 +5,8 @@
     .venv/bin/python tools/mutation.py mgda --keep     # reuse earlier results (mutmut then re-runs only what changed)
 
 Why a staging directory: mutmut 3 copies the sources into ``mutants/`` and names each mutant after the file's path
-(``e2rnas/cost.py`` -> ``e2rnas.cost``); its trampoline applies a mutant only when that name equals the running
-module's ``__name__``. The installed package maps ``e2rnas.deploy_targets`` to the top-level ``deploy_targets/``
+(``e2rnas/space/cost.py`` -> ``e2rnas.space.cost``); its trampoline applies a mutant only when that name equals the
+running module's ``__name__``. The installed package maps ``e2rnas.deploy_targets`` to the top-level ``deploy_targets/``
 folder (also ``export/``, ``cli/``), so ``deploy_targets/budget.py`` would be mutated as ``deploy_targets.budget``
 but imported as ``e2rnas.deploy_targets.budget`` and its mutants silently never run. Here the package is staged
 flat, as installed (``build/mutation/MODULE/e2rnas/deploy_targets/...``), with the tests and a pyproject whose
@@ -36,16 +36,16 @@ STAGE = ROOT / "build" / "mutation"
 
 #: module -> (source file in the flat layout, fast test selection: files or node ids)
 MODULES: dict[str, tuple[str, list[str]]] = {
-    "mgda": ("e2rnas/mgda.py", ["tests/test_mgda.py"]),
-    "objectives": ("e2rnas/objectives.py", ["tests/test_objectives.py"]),
-    "cost": ("e2rnas/cost.py", ["tests/test_cost.py"]),
-    "ood_metrics": ("e2rnas/ood_metrics.py", ["tests/test_ood_metrics.py"]),
+    "mgda": ("e2rnas/search/mgda.py", ["tests/test_mgda.py"]),
+    "objectives": ("e2rnas/search/objectives.py", ["tests/test_objectives.py"]),
+    "cost": ("e2rnas/space/cost.py", ["tests/test_cost.py"]),
+    "ood_metrics": ("e2rnas/evaluation/ood_metrics.py", ["tests/test_ood_metrics.py"]),
     # the run-based tests of check() (tests/test_budget.py) train a tiny run per process: too slow per mutant
     "budget": ("e2rnas/deploy_targets/budget.py", ["tests/test_budget_unit.py"]),
-    "derive": ("e2rnas/derive.py", ["tests/test_derive.py"]),
-    "bilevel": ("e2rnas/bilevel.py", ["tests/test_bilevel.py"]),
-    "attacks": ("e2rnas/attacks.py", ["tests/test_attacks.py"]),
-    "latency_table": ("e2rnas/latency_table.py", ["tests/test_latency_table.py"]),
+    "derive": ("e2rnas/search/derive.py", ["tests/test_derive.py"]),
+    "bilevel": ("e2rnas/search/bilevel.py", ["tests/test_bilevel.py"]),
+    "attacks": ("e2rnas/evaluation/attacks.py", ["tests/test_attacks.py"]),
+    "latency_table": ("e2rnas/space/latency_table.py", ["tests/test_latency_table.py"]),
     "_io": ("e2rnas/_io.py", ["tests/test_io.py"]),
 }
 #: the installed package layout (pyproject [tool.setuptools] package-dir), flattened

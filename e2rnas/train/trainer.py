@@ -20,15 +20,15 @@ import torch
 import torch.nn.functional as F
 
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
-from e2rnas.amp import AMP_MODES, Precision, make_precision, resolve_amp
 from e2rnas.data import ImageSet, augment, batches, load_dataset, normalization_for, resize, split_indices
 from e2rnas.distributed import DistInfo, RunLock, barrier, local_device, mean_all_reduce, shard
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import Genotype
-from e2rnas.model import VARIANTS, Network, count_macs, count_params
 from e2rnas.model_io import NetworkSpec, load_model, save_model
-from e2rnas.provenance import provenance
+from e2rnas.run.provenance import provenance
+from e2rnas.space.genotypes import Genotype
+from e2rnas.space.network import VARIANTS, Network, count_macs, count_params
+from e2rnas.train.amp import AMP_MODES, Precision, make_precision, resolve_amp
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ class TrainConfig:
     device: str = "cpu"
     max_train_batches: int | None = None  # cap per epoch, for tests and benchmarks
     variant: str = "cifar"
-    amp: str = "off"  # off (fp32, TF32 off) | auto (tf32 on CUDA) | tf32 | bf16 | fp16; CUDA only but off (e2rnas.amp)
+    # off (fp32, TF32 off) | auto (tf32 on CUDA) | tf32 | bf16 | fp16; CUDA only but off (e2rnas.train.amp)
+    amp: str = "off"
 
     def __post_init__(self) -> None:
         checks = [

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from e2rnas.genotypes import Genotype
-from e2rnas.ops import PARAMETER_FREE_OPS
+from e2rnas.space.genotypes import Genotype
+from e2rnas.space.ops import PARAMETER_FREE_OPS
 
 INDECISION_ENTROPY = 0.95
 MAX_NORMAL_SKIPS = 2

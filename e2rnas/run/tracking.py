@@ -1,9 +1,9 @@
 """Experiment trackers (``--tracker tensorboard|mlflow``): a copy of the records that search and train already write.
 
 ``metrics.jsonl`` stays the record; a tracker only mirrors the ``on_step``/``on_epoch`` records of
-:func:`e2rnas.search.run_search` and the per-epoch records of :func:`e2rnas.train.train` into a dashboard. Numbers
-are flattened (``{"gammas": {"val": 0.3}}`` -> ``gammas/val``); strings, lists and genotypes are left out.
-The packages are the ``track`` extra and are imported only when a tracker is asked for.
+:func:`e2rnas.search.runner.run_search` and the per-epoch records of :func:`e2rnas.train.trainer.train` into a
+dashboard. Numbers are flattened (``{"gammas": {"val": 0.3}}`` -> ``gammas/val``); strings, lists and genotypes are
+left out. The packages are the ``track`` extra and are imported only when a tracker is asked for.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A latency lookup table measured on a deploy target: the deployed network's latency T (ms), predicted additively.
 
-Like the params/MACs cost model (``e2rnas.cost``), a genotype's latency is a fixed part plus one entry per kept
+Like the params/MACs cost model (``e2rnas.space.cost``), a genotype's latency is a fixed part plus one entry per kept
 (edge, op) of each cell, each op timed at its cell's real width, stride and resolution. The numbers come from the
 target (``e2rnas lut``, ``e2rnas.deploy_targets.lut.measure_latency_table``), so a table is only valid for the
 target, runtime, precision, batch and deploy shape it was measured at: ``check_matches`` refuses any other.
@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from e2rnas.cost import NUM_EDGES, CostModel, DeployShape, _edge_source, expected_from_tables
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import Genotype
+from e2rnas.space.cost import NUM_EDGES, CostModel, DeployShape, _edge_source, expected_from_tables
+from e2rnas.space.genotypes import Genotype
 
 FORMAT = "e2rnas-latency-table"
 VERSION = 1

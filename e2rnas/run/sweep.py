@@ -1,6 +1,6 @@
 """``e2rnas sweep``: one pipeline run per budget point on Ray Tune, then the Pareto front of the results.
 
-Each trial is :func:`e2rnas.pipeline.run_pipeline` (search, short retrain, eval, export, bench on the target, check)
+Each trial is :func:`e2rnas.run.pipeline.run_pipeline` (search, short retrain, eval, export, bench on the target, check)
 in ``<out>/trials/<kind>-<bound>/`` with one bound changed: the search's ``params_bound`` (L, M params), its
 ``macs_bound`` (F, M MACs) or the pipeline's ``latency_bound`` (T, ms on the target's latency table). Ray Tune
 schedules the trials (one grid point each, resources declared per trial) and keeps its experiment state in
@@ -22,7 +22,7 @@ from typing import Any
 from e2rnas._io import atomic_write_json, atomic_write_text
 from e2rnas.errors import E2RNASError
 
-SWEEP_FORMAT = "e2rnas.sweep/1"
+SWEEP_FORMAT = "e2rnas.run.sweep/1"
 EXPERIMENT = "tune"  # Ray Tune's experiment folder under --out
 #: cost axes (smaller is better) and quality axes (larger is better) of the front: key -> axis label
 COSTS = {"params_m": "params (M)", "macs_m": "MACs (M)", "latency_ms": "measured latency (ms)"}
@@ -78,7 +78,7 @@ def sweep_points(*, params: Sequence[float] = (), macs: Sequence[float] = (),
 
 def _check_base(points: Sequence[SweepPoint], base: dict[str, Any]) -> None:
     """Fail before Ray starts: every point's pipeline settings must be valid."""
-    from e2rnas.pipeline import PipelineConfig
+    from e2rnas.run.pipeline import PipelineConfig
 
     for p in points:
         try:
@@ -163,7 +163,7 @@ def _same_request(path: Path, request: dict[str, Any]) -> None:
 
 def _trial(config: dict[str, Any]) -> None:
     """One Ray Tune trial (in a Ray worker): the pipeline at this point, then its numbers reported to Tune."""
-    from e2rnas.pipeline import PipelineConfig, run_pipeline
+    from e2rnas.run.pipeline import PipelineConfig, run_pipeline
 
     os.chdir(config["cwd"])  # Tune starts trials in its own folder; relative paths in the settings mean the caller's
     point = SweepPoint(**config["point"])

@@ -21,12 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from e2rnas.attacks import fgsm
-from e2rnas.cost import CostModel
 from e2rnas.errors import E2RNASError
-from e2rnas.mgda import Weighting
-from e2rnas.objectives import Objective, ObjectiveContext, ood_kl_uniform
-from e2rnas.search_model import SearchNetwork
+from e2rnas.evaluation.attacks import fgsm
+from e2rnas.search.mgda import Weighting
+from e2rnas.search.objectives import Objective, ObjectiveContext, ood_kl_uniform
+from e2rnas.space.cost import CostModel
+from e2rnas.space.supernet import SearchNetwork
 
 
 class DivergenceError(E2RNASError):

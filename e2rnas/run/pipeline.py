@@ -1,6 +1,6 @@
 """``e2rnas run``: lut -> search -> train -> eval -> export -> bench -> check -> report, in one run directory.
 
-Each stage calls one library function (``e2rnas.stages``: ``run_search``, ``train``, ``evaluate_file``,
+Each stage calls one library function (``e2rnas.run.stages``: ``run_search``, ``train``, ``evaluate_file``,
 ``export_model``, ``bench``, ``check``, ``build_report``) with the run's settings; the same stage as the
 ``e2rnas <stage> ...`` command a user could type is recorded in ``pipeline.json`` and the report. A stage whose
 outputs are complete is skipped; a stage with a checkpoint but no final output resumes, so a re-run after an
@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from e2rnas import stages as S
 from e2rnas._io import atomic_write_json
 from e2rnas.errors import E2RNASError
 from e2rnas.presets import preset_section
+from e2rnas.run import stages as S
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
     if from_stage is not None and from_stage not in names:
         raise E2RNASError(f"--from {from_stage}: not a stage of this run; stages are {', '.join(dict.fromkeys(names))}")
     old = _old_fingerprints(record_path)
-    from e2rnas.provenance import provenance
+    from e2rnas.run.provenance import provenance
 
     record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": [], "e2rnas_version": __version__,
                               "run_dir": str(run_dir.resolve()), "cwd": str(Path.cwd()), "argv": sys.argv,

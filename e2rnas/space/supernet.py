@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
-from e2rnas.model import Normalize
-from e2rnas.ops import OPS, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
+from e2rnas.space.genotypes import EDGES_PER_NODE, STEPS, Genotype
+from e2rnas.space.network import Normalize
+from e2rnas.space.ops import OPS, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14
 ARCH_PARAM_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from e2rnas.errors import E2RNASError
-from e2rnas.ops import PRIMITIVES
+from e2rnas.space.ops import PRIMITIVES
 
 STEPS = 4  # intermediate nodes per cell
 EDGES_PER_NODE = 2

@@ -17,7 +17,7 @@ from typing import Any
 
 from e2rnas._io import atomic_write_text, read_jsonl
 from e2rnas.errors import E2RNASError
-from e2rnas.provenance import describe, provenance
+from e2rnas.run.provenance import describe, provenance
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -107,7 +107,7 @@ def plot_alphas(alphas: list[dict[str, Any]], path: Path) -> bool:
         return False
     import torch
 
-    from e2rnas.ops import PRIMITIVES
+    from e2rnas.space.ops import PRIMITIVES
 
     last = alphas[-1]
     plt = _plt()
@@ -127,7 +127,7 @@ def plot_alphas(alphas: list[dict[str, Any]], path: Path) -> bool:
 def plot_cells(genotype: dict[str, Any], path: Path) -> str:
     """The normal and reduction cells as graphs (graphviz, else networkx's layout, else fixed columns); returns
     which drew them."""
-    from e2rnas.cell_graph import draw_cells
+    from e2rnas.run.cell_graph import draw_cells
 
     return draw_cells(genotype, path)
 

@@ -3,7 +3,7 @@
 
 A runner returns ``(code, result)``: 0 when the stage passed, 1 when it ran but refused or failed a check (an
 INT8 export refused by its parity gate, a bench row in error, a budget line missed); bad settings raise
-``E2RNASError`` naming the stage and the option. ``e2rnas.pipeline`` orders and fingerprints them.
+``E2RNASError`` naming the stage and the option. ``e2rnas.run.pipeline`` orders and fingerprints them.
 """
 
 from __future__ import annotations
@@ -104,10 +104,10 @@ def without_ood(options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 
 # -------------------------------------------------------------------------------------------------- stages
 def lut(ctx: StageContext, options: dict[str, Any], deploy: dict[str, Any]) -> Result:
-    from e2rnas.cost import DeployShape
     from e2rnas.deploy_targets.lut import measure_latency_table
     from e2rnas.deploy_targets.profiles import get_target
     from e2rnas.presets import preset_section
+    from e2rnas.space.cost import DeployShape
 
     p = preset_section(ctx.preset, "search")
     d = take("lut", deploy, {"deploy_layers": "layers", "deploy_channels": "C", "deploy_c": "C",
@@ -126,7 +126,7 @@ def lut(ctx: StageContext, options: dict[str, Any], deploy: dict[str, Any]) -> R
 def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file: Path | None,
            latency_bound: str | None) -> Result:
     from e2rnas.config import build_config
-    from e2rnas.search import SearchConfig, run_search
+    from e2rnas.search.runner import SearchConfig, run_search
 
     opts, notes = without_ood(dict(options))
     if lut_file is not None:
@@ -140,9 +140,9 @@ def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file
 
 def train(ctx: StageContext, options: dict[str, Any], *, genotype: str, resume: bool) -> Result:
     from e2rnas.config import build_config
-    from e2rnas.genotypes import resolve_genotype
-    from e2rnas.train import TrainConfig, search_meta
-    from e2rnas.train import train as run_train
+    from e2rnas.space.genotypes import resolve_genotype
+    from e2rnas.train.trainer import TrainConfig, search_meta
+    from e2rnas.train.trainer import train as run_train
 
     cfg = build_config(TrainConfig, preset=ctx.preset, section="train", overrides=options)
     summary = run_train(cfg, genotype=resolve_genotype(genotype), out_dir=ctx.path("train"), resume=resume,
@@ -160,7 +160,7 @@ EVAL_OPTIONS: dict[str, Any] = {
 
 def evaluate(ctx: StageContext, options: dict[str, Any]) -> Result:
     from e2rnas.config import resolve_device
-    from e2rnas.evaluate import evaluate_file, protocol_from
+    from e2rnas.evaluation.evaluate import evaluate_file, protocol_from
 
     kw = take("eval", options, EVAL_OPTIONS)
     protocol = protocol_from(kw.pop("attack_preset", "paper"), **{k: kw.pop(k) for k in (
@@ -232,7 +232,7 @@ def check(ctx: StageContext, options: dict[str, Any], *, budget: str | None) -> 
 
 
 def report(ctx: StageContext) -> Result:
-    from e2rnas.report import build_report
+    from e2rnas.run.report import build_report
 
     paths = build_report(ctx.run_dir)
     return 0, {k: str(v) for k, v in paths.items()}

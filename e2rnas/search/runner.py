@@ -21,10 +21,13 @@ from typing import Any
 import torch
 
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
-from e2rnas.bilevel import HVP_SCHEMES, BilevelStep, StepBatch, StepResult
-from e2rnas.cost import CostModel, DeployShape
 from e2rnas.data import ImageSet, augment, batches, cycle, load_dataset, normalization_for, split_indices
-from e2rnas.derive import (
+from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_device, mean_all_reduce, shard
+from e2rnas.distributed import init as init_distributed
+from e2rnas.errors import E2RNASError
+from e2rnas.run.provenance import provenance
+from e2rnas.search.bilevel import HVP_SCHEMES, BilevelStep, StepBatch, StepResult
+from e2rnas.search.derive import (
     DERIVE_RULES,
     Derivation,
     check_feasible,
@@ -33,14 +36,11 @@ from e2rnas.derive import (
     derive_budget,
     derive_darts,
 )
-from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_device, mean_all_reduce, shard
-from e2rnas.distributed import init as init_distributed
-from e2rnas.errors import E2RNASError
-from e2rnas.guards import normalized_entropy, search_warnings
-from e2rnas.mgda import Weighting
-from e2rnas.objectives import OBJECTIVES, make_objectives
-from e2rnas.provenance import provenance
-from e2rnas.search_model import SearchNetwork
+from e2rnas.search.guards import normalized_entropy, search_warnings
+from e2rnas.search.mgda import Weighting
+from e2rnas.search.objectives import OBJECTIVES, make_objectives
+from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.supernet import SearchNetwork
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def load_latency_table(cfg: SearchConfig, shape: DeployShape):
     """The run's latency table, checked against its deploy network (``None`` without ``--lut``)."""
     if not cfg.lut:
         return None
-    from e2rnas.latency_table import LatencyTable
+    from e2rnas.space.latency_table import LatencyTable
 
     table = LatencyTable.load(cfg.lut)
     table.check_matches(shape=shape)

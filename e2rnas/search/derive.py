@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from e2rnas.errors import E2RNASError
-from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
-from e2rnas.ops import PARAMETER_FREE_OPS
+from e2rnas.space.genotypes import EDGES_PER_NODE, STEPS, Genotype
+from e2rnas.space.ops import PARAMETER_FREE_OPS
 
 DERIVE_RULES = ("budget", "darts")
 KINDS = ("normal", "reduce")
@@ -230,7 +230,7 @@ def check_feasible(costs: Sequence[AdditiveCost], primitives: Sequence[str], *,
 def derive_darts(strengths: dict[str, torch.Tensor], primitives: Sequence[str], costs: Sequence[AdditiveCost], *,
                  max_skips_normal: int | None = None) -> Derivation:
     """The DARTS rule (per node the two edges whose strongest non-none op is strongest), with its costs."""
-    from e2rnas.search_model import derive_genotype
+    from e2rnas.space.supernet import derive_genotype
 
     genotype = derive_genotype(strengths["normal"], strengths["reduce"], tuple(primitives),
                                max_skips_normal=max_skips_normal)

@@ -18,8 +18,8 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from e2rnas.genotypes import EDGES_PER_NODE, STEPS, Genotype
-from e2rnas.ops import OPS, PRIMITIVES
+from e2rnas.space.genotypes import EDGES_PER_NODE, STEPS, Genotype
+from e2rnas.space.ops import OPS, PRIMITIVES
 
 NUM_EDGES = sum(2 + i for i in range(STEPS))
 MULTIPLIER = STEPS  # every cell concatenates its 4 intermediate nodes
@@ -108,7 +108,7 @@ class CostModel:
     """Per-(cell, edge, op) costs of a deploy network, and its fixed cost."""
 
     def __init__(self, shape: DeployShape = DeployShape(), primitives: tuple[str, ...] = PRIMITIVES):
-        from e2rnas.model import Network  # the stem/classifier modules, built exactly as deployed
+        from e2rnas.space.network import Network  # the stem/classifier modules, built exactly as deployed
 
         self.shape = shape
         self.primitives = tuple(primitives)

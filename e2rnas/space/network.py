@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from e2rnas.genotypes import Genotype
-from e2rnas.ops import OPS, FactorizedReduce, Identity, ReLUConvBN
+from e2rnas.space.genotypes import Genotype
+from e2rnas.space.ops import OPS, FactorizedReduce, Identity, ReLUConvBN
 
 VARIANTS = ("cifar", "imagenet")
 

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from e2rnas.attacks import pgd
 from e2rnas.data import ImageSet, batches
 from e2rnas.errors import E2RNASError
-from e2rnas.ood_metrics import max_softmax, ood_metrics
+from e2rnas.evaluation.attacks import pgd
+from e2rnas.evaluation.ood_metrics import max_softmax, ood_metrics
 from e2rnas.predict import Predictor, TorchPredictor
 from e2rnas.presets import PRESETS
 
@@ -218,9 +218,9 @@ def eval_data(data_meta: dict[str, Any], *, dataset: str | None = None, test_dat
     """The test and OoD sets for a model: flags first, then what ``model.pt`` recorded (``data`` meta).
 
     ``ood_dataset="none"`` turns OoD detection off. Split-less sets (npz:, imagefolder:) give their 20% test
-    part, the part training never saw (``e2rnas.train.load_split``).
+    part, the part training never saw (``e2rnas.train.trainer.load_split``).
     """
-    from e2rnas.train import load_split, load_test_set
+    from e2rnas.train.trainer import load_split, load_test_set
 
     spec = dataset or data_meta.get("dataset")
     if not spec:
@@ -248,10 +248,10 @@ def evaluate_file(model: str | Path, *, out_dir: str | Path | None = None, proto
     """Evaluate ``model.pt`` (or an exported .onnx/.engine, with ``source_model`` for sizes and transfer attacks)
     and write ``eval.json`` into ``out_dir`` (default: the model's folder); returns what it wrote."""
     from e2rnas._io import atomic_write_json
-    from e2rnas.genotypes import GENOTYPES
-    from e2rnas.model import count_macs, count_params
     from e2rnas.model_io import load_model
     from e2rnas.predict import TorchPredictor, load_predictor
+    from e2rnas.space.genotypes import GENOTYPES
+    from e2rnas.space.network import count_macs, count_params
 
     model = Path(model)
     if model.suffix == ".pt":

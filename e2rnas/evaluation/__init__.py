@@ -1,0 +1,1 @@
+"""Evaluation: accuracy, attacks (FGSM, PGD) and OoD detection metrics."""

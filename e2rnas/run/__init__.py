@@ -1,0 +1,1 @@
+"""Orchestration: the pipeline and its stages, sweeps, tracking, provenance and the report."""

@@ -1,0 +1,1 @@
+"""The search space: candidate ops, genotypes, the supernet, the evaluation network and their deploy costs."""

@@ -1,0 +1,1 @@
+"""Retraining a genotype (DARTS protocol), mixed precision."""
