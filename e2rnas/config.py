@@ -132,8 +132,8 @@ def build_config(cls: type[T], *, preset: str, section: str, config_file: Path |
     if config_file is not None:
         layers.append((str(config_file), _normalise(cls, section, _file_section(config_file, section),
                                                     str(config_file))))
-    given = _normalise(cls, section, {k: v for k, v in (overrides or {}).items() if v is not None}, "flags")
-    layers.append(("flag", {k: v for k, v in given.items()}))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    layers.append(("flag", _normalise(cls, section, given, "flags or stage options")))
     for origin, layer in layers:
         for key, value in layer.items():
             where = f"--{flag_name(section, key).replace('_', '-')}" if origin == "flag" else origin
