@@ -74,3 +74,88 @@ def test_attacks_leave_the_model_as_they_found_it(trained, test_set):
     evaluate(TorchPredictor(trained), test=test_set.head(20), protocol=EvalProtocol(), metrics=("robustness",))
     assert all(p.requires_grad for p in trained.parameters())
     assert all(torch.equal(before[k], v) for k, v in trained.state_dict().items())  # BN stats untouched
+
+
+# -- against a hand-written PGD on a linear model, whose input gradient is known in closed form ----------------------
+def _linear(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(5, 3 * 4 * 4, generator=g, dtype=torch.float64), torch.randn(5, generator=g,
+                                                                                   dtype=torch.float64)
+
+
+def _reference_pgd(W, b, x, y, *, eps, steps, step_size, delta=None):
+    """PGD written out: grad_x CE(Wx + b, y) = W^T (softmax - onehot) per image; sign step; project; clip."""
+    n = x.shape[0]
+    flat = x.reshape(n, -1)
+    adv = (flat + (delta.reshape(n, -1) if delta is not None else 0)).clamp(0, 1)
+    onehot = torch.nn.functional.one_hot(y, 5).to(x.dtype)
+    for _ in range(steps):
+        p = torch.softmax(adv @ W.T + b, dim=1)
+        grad = (p - onehot) @ W / n  # the mean over the batch, as cross_entropy's default reduction
+        adv = adv + step_size * torch.sign(grad)
+        adv = torch.minimum(torch.maximum(adv, flat - eps), flat + eps).clamp(0, 1)
+    return adv.reshape(x.shape)
+
+
+def _inputs(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(n, 3, 4, 4, generator=g, dtype=torch.float64)
+    x[0] = 0.0  # images at the pixel bounds: the [0, 1] clip must act
+    x[1] = 1.0
+    return x, torch.randint(0, 5, (n,), generator=g)
+
+
+@pytest.mark.parametrize("steps, step_size", [(1, 0.01), (3, 0.004), (7, 0.02)])
+def test_pgd_matches_a_hand_written_pgd(steps, step_size):
+    W, b = _linear()
+    x, y = _inputs()
+    eps = 0.03
+    got = pgd(lambda t: t.reshape(len(t), -1) @ W.T + b, x, y, eps=eps, steps=steps, step_size=step_size)
+    want = _reference_pgd(W, b, x, y, eps=eps, steps=steps, step_size=step_size)
+    assert torch.allclose(got, want, atol=1e-12) and not got.requires_grad
+    assert not torch.equal(got, x)  # it moved
+
+
+def test_random_start_draws_uniform_noise_from_the_generator():
+    W, b = _linear()
+    x, y = _inputs()
+    eps = 0.05
+    model = lambda t: t.reshape(len(t), -1) @ W.T + b  # noqa: E731
+    delta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(7), dtype=x.dtype) * 2 - 1) * eps
+    got = pgd(model, x, y, eps=eps, steps=2, step_size=0.01, random_start=True,
+              generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(got, _reference_pgd(W, b, x, y, eps=eps, steps=2, step_size=0.01, delta=delta), atol=1e-12)
+    # without a generator: torch's global stream
+    torch.manual_seed(3)
+    noise = torch.rand_like(x)
+    torch.manual_seed(3)
+    got = pgd(model, x, y, eps=eps, steps=2, step_size=0.01, random_start=True)
+    assert torch.allclose(got, _reference_pgd(W, b, x, y, eps=eps, steps=2, step_size=0.01,
+                                              delta=(noise * 2 - 1) * eps), atol=1e-12)
+
+
+def test_fgsm_is_one_random_start_step_of_1_25_eps():
+    W, b = _linear()
+    x, y = _inputs()
+    eps = 0.05
+    model = lambda t: t.reshape(len(t), -1) @ W.T + b  # noqa: E731
+    delta = (torch.rand(x.shape, generator=torch.Generator().manual_seed(2), dtype=x.dtype) * 2 - 1) * eps
+    got = fgsm(model, x, y, eps=eps, generator=torch.Generator().manual_seed(2))
+    want = _reference_pgd(W, b, x, y, eps=eps, steps=1, step_size=1.25 * eps, delta=delta)
+    assert torch.allclose(got, want, atol=1e-12)
+    # a start below -eps/4 and a 1.25 eps step land inside the ball: the default step size shows in the result
+    one = _reference_pgd(W, b, x, y, eps=eps, steps=1, step_size=1.0 * eps, delta=delta)
+    assert not torch.allclose(got, one)
+    given = fgsm(model, x, y, eps=eps, step_size=0.5 * eps, random_start=False)
+    assert torch.allclose(given, _reference_pgd(W, b, x, y, eps=eps, steps=1, step_size=0.5 * eps), atol=1e-12)
+
+
+def test_no_attack_for_zero_steps_or_radius_and_the_input_is_not_aliased():
+    W, b = _linear()
+    x, y = _inputs()
+    model = lambda t: t.reshape(len(t), -1) @ W.T + b  # noqa: E731
+    for kw in (dict(eps=0.0, steps=3), dict(eps=0.1, steps=0)):
+        out = pgd(model, x, y, step_size=0.05, random_start=True, generator=torch.Generator().manual_seed(0), **kw)
+        assert torch.equal(out, x) and out.data_ptr() != x.data_ptr()
+    # the smallest positive radius still attacks
+    assert not torch.equal(pgd(model, x, y, eps=1e-3, steps=1, step_size=1e-3), x)
