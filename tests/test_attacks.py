@@ -79,8 +79,9 @@ def test_attacks_leave_the_model_as_they_found_it(trained, test_set):
 # -- against a hand-written PGD on a linear model, whose input gradient is known in closed form ----------------------
 def _linear(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(5, 3 * 4 * 4, generator=g, dtype=torch.float64), torch.randn(5, generator=g,
-                                                                                   dtype=torch.float64)
+    W = torch.randn(5, 3 * 4 * 4, generator=g, dtype=torch.float64)
+    W[:, 0] = 0.0  # a pixel the logits ignore: its gradient is exactly 0 and PGD must leave it where it is
+    return W, torch.randn(5, generator=g, dtype=torch.float64)
 
 
 def _reference_pgd(W, b, x, y, *, eps, steps, step_size, delta=None):
@@ -114,6 +115,7 @@ def test_pgd_matches_a_hand_written_pgd(steps, step_size):
     want = _reference_pgd(W, b, x, y, eps=eps, steps=steps, step_size=step_size)
     assert torch.allclose(got, want, atol=1e-12) and not got.requires_grad
     assert not torch.equal(got, x)  # it moved
+    assert torch.equal(got.reshape(len(x), -1)[:, 0], x.reshape(len(x), -1)[:, 0])  # but not where grad is 0
 
 
 def test_random_start_draws_uniform_noise_from_the_generator():
