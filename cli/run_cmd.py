@@ -49,15 +49,46 @@ def run(
         console.rule(f"[bold]{stage}[/]")
         console.print(what, highlight=False, soft_wrap=True)
 
-    with stages_to_stderr(json):
+    with stages_to_stderr(json), SearchBar() as bar:
         record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, on_result=show_result,
-                              force=force, from_stage=from_stage, progress=not json)
+                              force=force, from_stage=from_stage, progress=not json, on_search_step=bar.update)
     if json:
         print_json(record | {"run_dir": str(run_dir)})
     else:
         console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
     if record.get("check_passed") is False:
         raise typer.Exit(1)
+
+
+class SearchBar:
+    """The search stage's progress: epoch, step, the MGDA weights and the exact genotype cost (transient)."""
+
+    def __enter__(self) -> SearchBar:
+        self.progress, self.task = None, None
+        return self
+
+    def update(self, rec: dict) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if self.progress is None:
+            self.progress = Progress(TextColumn("[bold]search[/] {task.description}"), BarColumn(),
+                                     MofNCompleteColumn(), TimeRemainingColumn(), console=console, transient=True)
+            self.progress.start()
+        total = rec["steps_per_epoch"] * rec["epochs"]
+        done = rec["epoch"] * rec["steps_per_epoch"] + rec["step"]
+        gammas = " ".join(f"{k} {v:.2f}" for k, v in rec.get("gammas", {}).items())
+        text = (f"epoch {rec['epoch'] + 1}/{rec['epochs']}  genotype {rec['exact_params_m']:.3f} M params, "
+                f"{rec['exact_macs_m']:.2f} M MACs" + (f"  gamma {gammas}" if gammas else ""))
+        if self.task is None:
+            self.task = self.progress.add_task(text, total=total, completed=done)
+        self.progress.update(self.task, completed=done, description=text)
+        if done >= total:  # the search is over: the next stages print below, without a finished bar
+            self.__exit__()
+            self.progress, self.task = None, None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
 
 
 def show_result(stage: str, result: dict | None) -> None:

@@ -26,6 +26,7 @@ class StageContext:
     preset: str
     target: str
     progress: bool = True
+    on_search_step: Callable[[dict[str, Any]], None] | None = None  # the search's step records, for a live view
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -134,7 +135,7 @@ def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file
     if "latency_bound" in opts and isinstance(opts["latency_bound"], str):
         opts |= latency_bound_fields(opts.pop("latency_bound"))
     cfg = build_config(SearchConfig, preset=ctx.preset, section="search", overrides=opts)
-    summary = run_search(cfg, out_dir=ctx.path("search"), resume=resume)
+    summary = run_search(cfg, out_dir=ctx.path("search"), resume=resume, on_step=ctx.on_search_step)
     return 0, summary | {"notes": notes}
 
 
