@@ -22,6 +22,11 @@ Amp = Annotated[str | None, typer.Option(
     "--amp", help="Precision on CUDA: off (fp32, TF32 off), auto (TF32: fastest measured, docs/amp.md), tf32, "
     "bf16 (autocast) or fp16 (autocast + gradient scaler); recorded in config.yaml.")]
 
+Loader = Annotated[str | None, typer.Option(
+    "--loader", help="memory (whole-batch augmentation in-process; fastest on small images) or dataloader "
+    "(torch DataLoader, transforms.v2 per image, --workers, pinned memory on CUDA).")]
+Workers = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes (--loader dataloader).")]
+
 
 def _run_name(ref: str) -> str:
     path = Path(ref)
@@ -38,7 +43,8 @@ def train(
     ood_weight: OodWeight = None, image_size: opt.ImageSize = None, data_dir: opt.DataDir = None,
     download: opt.Download = None, seed: opt.Seed = None, device: opt.Device = None, out: opt.Out = None,
     resume: opt.Resume = False, max_train_batches: MaxBatches = None, val_fraction: ValFraction = None,
-    amp: Amp = None, print_config: opt.PrintConfig = False, tracker: opt.Tracker = None, json: opt.Json = False,
+    amp: Amp = None, loader: Loader = None, workers: Workers = None, print_config: opt.PrintConfig = False,
+    tracker: opt.Tracker = None, json: opt.Json = False,
 ) -> None:
     """Retrain a genotype from scratch; model selection on a validation split, test accuracy reported once."""
     from e2rnas.cli._config import build_config, print_resolved
@@ -54,7 +60,8 @@ def train(
                      test_dataset=test_dataset, ood_dataset=ood_dataset, ood_weight=ood_weight, image_size=image_size,
                      data_dir=str(data_dir) if data_dir else None, download=download, seed=seed,
                      device=opt.resolve_device(device) if device else None,
-                     max_train_batches=max_train_batches, val_fraction=val_fraction, amp=amp)
+                     max_train_batches=max_train_batches, val_fraction=val_fraction, amp=amp, loader=loader,
+                     workers=workers)
     cfg = build_config(TrainConfig, preset=preset, section="train", config_file=config, overrides=overrides,
                        run_config=run_config)
     opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too

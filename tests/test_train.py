@@ -158,3 +158,39 @@ def test_cli_bad_genotype_is_a_one_line_error(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and "NO_SUCH_GENOTYPE" in proc.stderr
+
+
+def test_dataloader_path_resumes_exactly_with_workers(tmp_path):
+    """``loader=dataloader``: transforms.v2 in 2 worker processes, the epoch's generator seeded by (seed, epoch)."""
+    cfg = replace(TINY, loader="dataloader", workers=2, max_train_batches=4)
+    full = train(cfg, genotype=G, out_dir=tmp_path / "full", progress=False)
+
+    def stop_after_one(rec):
+        if rec["epoch"] == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, genotype=G, out_dir=tmp_path / "cut", progress=False, callback=stop_after_one)
+    resumed = train(cfg, genotype=G, out_dir=tmp_path / "cut", resume=True, progress=False)
+    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_acc"] == full["test_acc"]
+    # a different path: the same data, other random draws, so other weights
+    mem = train(replace(cfg, loader="memory", workers=0), genotype=G, out_dir=tmp_path / "mem", progress=False)
+    c = torch.load(tmp_path / "mem" / "checkpoint.pt", weights_only=True)["model"]
+    assert any(not torch.equal(a[k], c[k]) for k in a) and mem["samples"] == full["samples"]
+
+
+def test_cutout_transform_fills_a_clipped_square_with_the_mean():
+    from e2rnas.train.loader import Cutout, train_transform
+
+    torch.manual_seed(0)
+    img = torch.ones(3, 8, 8)
+    holes = [(Cutout(4, (0.1, 0.2, 0.3))(img) != 1).all(0).sum().item() for _ in range(50)]
+    assert max(holes) == 16 and min(holes) >= 4  # a full 4x4 square, or one clipped at the border
+    out = Cutout(4, (0.1, 0.2, 0.3))(img)
+    hole = (out != 1).all(0)
+    assert torch.allclose(out[:, hole], torch.tensor([[0.1], [0.2], [0.3]]).expand(3, int(hole.sum())))
+    x = train_transform(pad=2, flip=True, cutout=0, fill=(0.5, 0.5, 0.5))(torch.full((3, 8, 8), 255, dtype=torch.uint8))
+    assert x.dtype == torch.float32 and x.shape == (3, 8, 8) and x.max() == 1.0 and x.min() >= 0.0

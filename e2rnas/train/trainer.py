@@ -75,6 +75,8 @@ class TrainConfig:
     variant: str = "cifar"
     # off (fp32, TF32 off) | auto (tf32 on CUDA) | tf32 | bf16 | fp16; CUDA only but off (e2rnas.train.amp)
     amp: str = "off"
+    loader: str = "memory"  # memory (whole-batch augmentation in-process) | dataloader (transforms.v2, workers)
+    workers: int = 0  # DataLoader worker processes (--loader dataloader)
 
     def __post_init__(self) -> None:
         checks = [
@@ -89,6 +91,8 @@ class TrainConfig:
             (self.max_train_batches is None or self.max_train_batches >= 1, "max_train_batches must be >= 1"),
             (self.image_size is None or self.image_size >= 8, f"image_size must be >= 8, got {self.image_size}"),
             (self.variant in VARIANTS, f"variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}"),
+            (self.loader in ("memory", "dataloader"), f"loader must be memory or dataloader, got {self.loader!r}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
             (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}, got {self.amp!r}"),
         ]
         for ok, message in checks:
@@ -394,11 +398,10 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
     t0 = time.perf_counter()
     total_loss, correct, seen = 0.0, 0, 0
     aug = dict(generator=gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout, cutout_fill=data.mean)
-    for step, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=gen, drop_last=True)):
+    for step, (x, y) in enumerate(_epoch_batches(data, cfg, gen, epoch, info, device)):
         if cfg.max_train_batches and step >= cfg.max_train_batches:
             break
-        x = shard(augment(x, **aug), info).to(device)
-        y = shard(y, info).to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         n = len(x)
         if data.ood is not None:
             idx = torch.randint(len(data.ood), (n * info.world_size,), generator=gen)
@@ -424,6 +427,25 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
             [torch.tensor([total_loss, float(correct), float(seen)], dtype=torch.float64)], info)[0])
     return {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
             "lr": lr, "drop_path": model.drop_path_prob, "time_s": round(time.perf_counter() - t0, 3)}
+
+
+def _epoch_batches(data: _Data, cfg: TrainConfig, gen: torch.Generator, epoch: int, info: DistInfo,
+                   device: torch.device) -> Any:
+    """This process's augmented training batches: whole-batch augmentation of the global batch, sliced
+    (``memory``), or a DataLoader with per-image transforms.v2, workers and a DistributedSampler (``dataloader``)."""
+    if cfg.loader == "dataloader":
+        from e2rnas.train.loader import ImageSetDataset, train_loader, train_transform
+
+        dataset = ImageSetDataset(data.train, train_transform(pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
+                                                              fill=data.mean))
+        yield from train_loader(dataset, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, workers=cfg.workers,
+                                pin_memory=device.type == "cuda", info=info)
+        return
+    aug = dict(generator=gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout, cutout_fill=data.mean)
+    for step, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=gen, drop_last=True)):
+        if cfg.max_train_batches and step >= cfg.max_train_batches:
+            return  # before augmenting: the generator's stream is the same as a loop that stops here
+        yield shard(augment(x, **aug), info), shard(y, info)
 
 
 def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, optimizer: torch.optim.Optimizer,
