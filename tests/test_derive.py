@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from e2rnas.search.derive import (
+    AdditiveCost,
     BudgetInfeasibleError,
     check_feasible,
     deploy_costs,
@@ -185,3 +186,97 @@ def test_parameter_free_cap_rules_out_a_cell_of_pools(cost_model):
     assert any("parameter-free" in w for w in search_warnings(
         Genotype(_cell(["avg_pool_3x3"] * 6 + ["sep_conv_3x3"] * 2), (2, 3, 4, 5), uncapped.genotype.reduce,
                  (2, 3, 4, 5))))
+
+
+# -- a synthetic additive cost whose optimum is known by hand -------------------------------------------------------
+UNIT = {"none": 0.0, "max_pool_3x3": 0.5, "avg_pool_3x3": 0.5, "skip_connect": 0.0}  # every conv costs 1
+
+
+def _unit_cost(**bounds) -> AdditiveCost:
+    row = torch.tensor([UNIT.get(p, 1.0) for p in PRIMITIVES], dtype=torch.float64)
+    return AdditiveCost("units", "u", 1.0, {k: row.repeat(14, 1) for k in ("normal", "reduce")}, **bounds)
+
+
+def _skip_first() -> dict[str, torch.Tensor]:
+    """skip_connect strongest everywhere, sep_conv_3x3 next, the rest weak: the unbounded optimum is all skips."""
+    w = torch.full((14, len(PRIMITIVES)), 0.06)
+    w[:, PRIMITIVES.index("skip_connect")] = 0.4
+    w[:, PRIMITIVES.index("sep_conv_3x3")] = 0.3
+    return {"normal": w.clone(), "reduce": w.clone()}
+
+
+def test_bound_descriptions_and_records_are_exact():
+    from e2rnas.search.derive import Derivation
+
+    assert _unit_cost(upper=2.5).describe_bound() == "units <= 2.5 u"
+    assert _unit_cost(lower=2.0).describe_bound() == "2 <= units u"
+    assert _unit_cost(lower=2.0, upper=2.5).describe_bound() == "2 <= units <= 2.5 u"
+    assert _unit_cost().describe_bound() == "units u"
+    d = Derivation("budget", GENOTYPES["DARTS_V2"], -3.5, {"units": 9.0})
+    assert d.as_dict() == {"rule": "budget", "genotype": GENOTYPES["DARTS_V2"].to_dict(), "strength": -3.5,
+                           "units": 9.0}
+
+
+def test_violations_measure_how_far_a_genotype_is_outside_its_bounds():
+    from e2rnas.search.derive import _violations
+
+    g = GENOTYPES["DARTS_V2"]  # 16 edges: cost = 1 + (number of conv ops) + 0.5 (number of pools)
+    cost = _unit_cost().of(g, PRIMITIVES)
+    convs = sum(op.startswith(("sep", "dil")) for op, _ in g.normal + g.reduce)
+    pools = sum(op.endswith("pool_3x3") for op, _ in g.normal + g.reduce)
+    assert cost == 1.0 + convs + 0.5 * pools
+    assert _violations(g, [_unit_cost(upper=cost - 1)], PRIMITIVES) == {"units:upper": pytest.approx(1.0)}
+    assert _violations(g, [_unit_cost(lower=cost + 2)], PRIMITIVES) == {"units:lower": pytest.approx(2.0)}
+    assert _violations(g, [_unit_cost(lower=cost + 2, upper=cost - 1)], PRIMITIVES).keys() == \
+        {"units:upper", "units:lower"}
+    # exactly at a bound, or within the solver's relative tolerance of it, is inside
+    for bound in (cost, cost * (1 - 5e-10)):
+        assert _violations(g, [_unit_cost(upper=bound, lower=cost * (1 + 5e-10))], PRIMITIVES) == {}
+    assert _violations(g, [_unit_cost(upper=cost * (1 - 1e-6))], PRIMITIVES) != {}
+
+
+def test_cost_range_is_the_hand_computed_cheapest_and_dearest_under_each_cap():
+    from e2rnas.search.derive import cost_range
+
+    c = [_unit_cost()]
+    assert cost_range(c, PRIMITIVES)["units"] == pytest.approx((1.0, 17.0))  # all skips .. all convs
+    # at most 2 skips in the normal cell: the other 6 are pools (0.5 each)
+    assert cost_range(c, PRIMITIVES, max_skips_normal=2)["units"] == pytest.approx((4.0, 17.0))
+    # at most 2 parameter-free ops in the normal cell: the other 6 are convs
+    assert cost_range(c, PRIMITIVES, max_free_normal=2)["units"] == pytest.approx((7.0, 17.0))
+    assert cost_range(c, PRIMITIVES, max_skips_normal=1, max_free_normal=3)["units"] == pytest.approx((7.0, 17.0))
+
+
+def test_budget_rule_pays_exactly_the_floor_with_the_strongest_ops():
+    from e2rnas.search.derive import derive_budget, derive_darts
+
+    darts = derive_darts(_skip_first(), PRIMITIVES, [_unit_cost()])
+    assert darts.costs == {"units": 1.0} and all(op == "skip_connect" for op, _ in darts.genotype.normal)
+    d = derive_budget(_skip_first(), PRIMITIVES, [_unit_cost(lower=9.0)])
+    ops = [op for op, _ in d.genotype.normal + d.genotype.reduce]
+    # 8 units at the least loss of strength: 8 sep_conv_3x3 (log 0.3) and 8 skips (log 0.4), no pools
+    assert d.costs == {"units": 9.0} and ops.count("sep_conv_3x3") == 8 and ops.count("skip_connect") == 8
+    assert d.strength == pytest.approx(8 * np.log(0.3) + 8 * np.log(0.4))
+    assert d.as_dict()["rule"] == "budget"
+    # an upper bound that leaves room for 3 convs, a cap of 2 skips in the normal cell, and both together
+    capped = derive_budget(_skip_first(), PRIMITIVES, [_unit_cost(upper=4.0)], max_skips_normal=2)
+    normal = [op for op, _ in capped.genotype.normal]
+    assert normal.count("skip_connect") == 2 and capped.costs["units"] <= 4.0
+    free = derive_budget(_skip_first(), PRIMITIVES, [_unit_cost()], max_free_normal=3)
+    assert sum(op in ("skip_connect", "max_pool_3x3", "avg_pool_3x3") for op, _ in free.genotype.normal) == 3
+
+
+def test_infeasible_bounds_message_names_caps_bounds_and_ranges():
+    from e2rnas.search.derive import infeasible_error
+
+    msg = str(infeasible_error([_unit_cost(upper=0.5)], PRIMITIVES))
+    assert msg == ("no genotype meets units <= 0.5 u on this deploy network: the cheapest and dearest such genotypes "
+                   "cost units 1-17 u; move the bounds into these ranges, lower --params-floor")
+    msg = str(infeasible_error([_unit_cost(upper=0.5), _unit_cost()], PRIMITIVES, max_skips_normal=2,
+                               max_free_normal=3))
+    assert msg.startswith("no genotype with <= 2 skips and <= 3 pools/skips in the normal cell meets units <= 0.5 u "
+                          "on this deploy network")
+    # with 2 skips and 1 pool free in the normal cell, 5 convs remain: 1 + 0.5 + 5 = 6.5 at the cheapest
+    assert "cost units 6.5-17 u; units 6.5-17 u; move" in msg and msg.endswith("or raise --max-normal-free-ops")
+    with pytest.raises(BudgetInfeasibleError, match="units <= 0.5 u"):
+        check_feasible([_unit_cost(upper=0.5)], PRIMITIVES)
