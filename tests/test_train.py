@@ -47,22 +47,12 @@ def test_a_few_epochs_on_digits_beat_chance_by_far(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    full = train(TINY, genotype=G, out_dir=tmp_path / "full", progress=False)
-
-    def stop_after_two(rec):
-        if rec["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(TINY, genotype=G, out_dir=tmp_path / "cut", progress=False, callback=stop_after_two)
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == 2
-    resumed = train(TINY, genotype=G, out_dir=tmp_path / "cut", resume=True, progress=False)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
+    summaries, weights = _full_and_resumed(TINY, tmp_path, stop_after_epoch=1)
+    a, b = weights["full"], weights["cut"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert resumed["test_acc"] == full["test_acc"]
+    assert summaries["cut"]["test_acc"] == summaries["full"]["test_acc"]
     def records(run):
         return [{k: v for k, v in json.loads(x).items() if k != "time_s"}
                 for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
@@ -160,22 +150,30 @@ def test_cli_bad_genotype_is_a_one_line_error(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1 and "NO_SUCH_GENOTYPE" in proc.stderr
 
 
-def test_dataloader_path_resumes_exactly_with_workers(tmp_path):
-    """``loader=dataloader``: transforms.v2 in 2 worker processes, the epoch's generator seeded by (seed, epoch)."""
-    cfg = replace(TINY, loader="dataloader", workers=2, max_train_batches=4)
+def _full_and_resumed(cfg: TrainConfig, tmp_path, *, stop_after_epoch: int) -> tuple[dict, dict]:
+    """(summary, weights) of an uninterrupted run and of one stopped after an epoch and resumed."""
     full = train(cfg, genotype=G, out_dir=tmp_path / "full", progress=False)
 
-    def stop_after_one(rec):
-        if rec["epoch"] == 0:
+    def stop(rec):
+        if rec["epoch"] == stop_after_epoch:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, genotype=G, out_dir=tmp_path / "cut", progress=False, callback=stop_after_one)
+        train(cfg, genotype=G, out_dir=tmp_path / "cut", progress=False, callback=stop)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["epoch"] == stop_after_epoch + 1
     resumed = train(cfg, genotype=G, out_dir=tmp_path / "cut", resume=True, progress=False)
-    a = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["model"]
+    weights = {run: torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)["model"] for run in ("full", "cut")}
+    return {"full": full, "cut": resumed}, weights
+
+
+def test_dataloader_path_resumes_exactly_with_workers(tmp_path):
+    """``loader=dataloader``: transforms.v2 in 2 worker processes, the epoch's generator seeded by (seed, epoch)."""
+    cfg = replace(TINY, loader="dataloader", workers=2, max_train_batches=4)
+    summaries, weights = _full_and_resumed(cfg, tmp_path, stop_after_epoch=0)
+    a, b = weights["full"], weights["cut"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["test_acc"] == full["test_acc"]
+    assert summaries["cut"]["test_acc"] == summaries["full"]["test_acc"]
+    full = summaries["full"]
     # a different path: the same data, other random draws, so other weights
     mem = train(replace(cfg, loader="memory", workers=0), genotype=G, out_dir=tmp_path / "mem", progress=False)
     c = torch.load(tmp_path / "mem" / "checkpoint.pt", weights_only=True)["model"]
