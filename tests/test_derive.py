@@ -280,3 +280,39 @@ def test_infeasible_bounds_message_names_caps_bounds_and_ranges():
     assert "cost units 6.5-17 u; units 6.5-17 u; move" in msg and msg.endswith("or raise --max-normal-free-ops")
     with pytest.raises(BudgetInfeasibleError, match="units <= 0.5 u"):
         check_feasible([_unit_cost(upper=0.5)], PRIMITIVES)
+
+
+def test_deploy_costs_are_the_cost_models_in_deploy_units_with_their_bounds(cost_model):
+    from types import SimpleNamespace
+
+    params, macs = deploy_costs(cost_model, params_bound_m=0.2, params_floor=0.8, macs_bound_m=9.0)
+    assert (params.name, params.unit, params.upper, params.lower) == ("params", "M", 0.2, pytest.approx(0.16))
+    assert (macs.name, macs.unit, macs.upper, macs.lower) == ("macs", "M MACs", 9.0, None)
+    g = GENOTYPES["DARTS_V2"]
+    exact = cost_model.genotype_cost(g)
+    assert params.of(g, PRIMITIVES) == pytest.approx(exact.params_m, rel=1e-9)
+    assert macs.of(g, PRIMITIVES) == pytest.approx(exact.macs_m, rel=1e-9)
+    # no floor without a bound or with floor 0; a latency table adds a third cost in ms with its bound
+    assert deploy_costs(cost_model, params_floor=0.8)[0].lower is None
+    assert deploy_costs(cost_model, params_bound_m=0.2, params_floor=0.0)[0].lower is None
+    row = torch.arange(len(PRIMITIVES), dtype=torch.float32).repeat(14, 1)
+    table = SimpleNamespace(fixed_ms=0.25, tables={"normal": row, "reduce": 2 * row})
+    lat = deploy_costs(cost_model, latency_table=table, latency_bound_ms=3.0)[2]
+    assert (lat.name, lat.unit, lat.fixed, lat.upper, lat.lower) == ("latency", "ms", 0.25, 3.0, None)
+    assert lat.tables["reduce"].dtype == torch.float64
+    ops = [PRIMITIVES.index(op) for op, _ in g.normal] + [2 * PRIMITIVES.index(op) for op, _ in g.reduce]
+    assert lat.of(g, PRIMITIVES) == pytest.approx(0.25 + sum(ops))
+
+
+def test_cost_range_dearest_respects_the_caps_too():
+    """When skips are the dearest op, the caps bound the dearest genotype as well."""
+    row = torch.tensor([{"skip_connect": 2.0, "max_pool_3x3": 1.5, "avg_pool_3x3": 1.5}.get(p, 1.0)
+                        for p in PRIMITIVES], dtype=torch.float64)
+    c = [AdditiveCost("units", "u", 1.0, {k: row.repeat(14, 1) for k in ("normal", "reduce")})]
+    from e2rnas.search.derive import cost_range
+
+    assert cost_range(c, PRIMITIVES)["units"] == pytest.approx((17.0, 33.0))
+    # normal: 2 skips + 6 pools (1.5) = 13; reduce: 8 skips = 16
+    assert cost_range(c, PRIMITIVES, max_skips_normal=2)["units"] == pytest.approx((17.0, 30.0))
+    # normal: 3 skips + 5 convs = 11; reduce 16
+    assert cost_range(c, PRIMITIVES, max_free_normal=3)["units"] == pytest.approx((17.0, 28.0))
