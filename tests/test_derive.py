@@ -316,3 +316,15 @@ def test_cost_range_dearest_respects_the_caps_too():
     assert cost_range(c, PRIMITIVES, max_skips_normal=2)["units"] == pytest.approx((17.0, 30.0))
     # normal: 3 skips + 5 convs = 11; reduce 16
     assert cost_range(c, PRIMITIVES, max_free_normal=3)["units"] == pytest.approx((17.0, 28.0))
+
+
+def test_cell_caps_bind_the_normal_cell_only():
+    from e2rnas.search.derive import derive_budget
+
+    for caps in (dict(max_skips_normal=2), dict(max_free_normal=2), dict(max_skips_normal=1, max_free_normal=3)):
+        d = derive_budget(_skip_first(), PRIMITIVES, [_unit_cost()], **caps)
+        normal = [op for op, _ in d.genotype.normal]
+        reduce = [op for op, _ in d.genotype.reduce]
+        assert reduce.count("skip_connect") == 8, caps  # the reduction cell keeps its strongest ops
+        cap = min(v for v in caps.values())
+        assert normal.count("skip_connect") == cap and normal.count("sep_conv_3x3") == 8 - cap, caps
