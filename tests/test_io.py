@@ -50,7 +50,7 @@ def test_json_helpers_round_trip_arrays_paths_and_lines(tmp_path):
 
     ckpt = tmp_path / "new" / "c.pt"
     atomic_torch_save(ckpt, {"w": torch.ones(2)})
-    assert torch.equal(torch.load(ckpt)["w"], torch.ones(2))
+    assert torch.equal(torch.load(ckpt, weights_only=True)["w"], torch.ones(2))
 
 
 def test_read_yaml_errors_are_one_line(tmp_path):
