@@ -11,6 +11,7 @@ import typer
 
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, err_console, print_json, print_table
+from e2rnas.config import int_list
 from e2rnas.errors import E2RNASError
 
 # Target options, shared with ``e2rnas check``.
@@ -58,16 +59,6 @@ def resolve_target(target: str | None, target_file: Path | None, host: str | Non
     return t, SshConfig(host, port=port, identity=identity, known_hosts=known_hosts, remote_python=remote_python)
 
 
-def _int_list(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise E2RNASError(f"{what} must be comma-separated integers such as 1,8,64, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise E2RNASError(f"{what} must be positive integers, got {text!r}")
-    return values
-
-
 def bench(
     artifacts: Annotated[list[Path], typer.Argument(help="model.pt, .onnx and .engine files to measure.")],
     target: TargetName = None, target_file: TargetFile = None,
@@ -90,7 +81,7 @@ def bench(
 
     format = "json" if json else OutputFormat(format).value
     t, ssh = resolve_target(target, target_file, host, port, identity, known_hosts, remote_python)
-    sizes = _int_list(batch, "--batch")
+    sizes = int_list(batch, "--batch")
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
     with console.status("measuring...", spinner="dots") if format == "table" else nullcontext():
         result = run_bench(artifacts, target=t, batch_sizes=sizes, metrics=wanted, warmup=warmup, runs=runs,

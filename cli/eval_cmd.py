@@ -32,17 +32,6 @@ SourceModel = Annotated[Path | None, typer.Option(
 EvalOut = Annotated[Path | None, typer.Option("--out", help="Folder for eval.json (default: the model's folder).")]
 
 
-def _fraction(text: str | None, name: str) -> float | None:
-    """``0.0078``, ``2/255`` -> float."""
-    if text is None:
-        return None
-    try:
-        num, _, den = text.partition("/")
-        return float(num) / float(den) if den else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise E2RNASError(f"{name} must be a number or a fraction such as 2/255, got {text!r}") from None
-
-
 def eval_model(
     model: Annotated[Path, typer.Argument(help="model.pt, or an exported .onnx / .engine (see --source-model).")],
     dataset: opt.Dataset = None, test_dataset: TestDataset = None, ood_dataset: OodDataset = None,
@@ -54,13 +43,14 @@ def eval_model(
     download: opt.Download = None, device: opt.Device = None, out: EvalOut = None, json: opt.Json = False,
 ) -> None:
     """Evaluate a trained model (or an exported artifact) on clean, adversarial and OoD data."""
+    from e2rnas.config import fraction
     from e2rnas.evaluation.evaluate import evaluate_file, protocol_from
 
     dev = opt.resolve_device(device)
     if attack_preset and preset and attack_preset != preset:
         raise E2RNASError("--attack-preset and its old name --preset disagree: give --attack-preset only")
-    protocol = protocol_from(attack_preset or preset or "paper", eps=_fraction(eps, "--eps"), steps=steps,
-                             step_size=_fraction(step_size, "--step-size"), random_start=random_start,
+    protocol = protocol_from(attack_preset or preset or "paper", eps=fraction(eps, "--eps"), steps=steps,
+                             step_size=fraction(step_size, "--step-size"), random_start=random_start,
                              max_samples=max_samples, ood_max_samples=ood_max_samples, batch_size=batch_size,
                              seed=seed)
     out_dir = out or model.parent

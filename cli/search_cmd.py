@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +11,7 @@ import typer
 from e2rnas.cli import _options as opt
 from e2rnas.cli._config import build_config, print_resolved
 from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.config import latency_bound_fields, without_ood
 from e2rnas.errors import E2RNASError
 
 
@@ -154,22 +154,14 @@ def search(
     combined by MGDA; the genotype is derived under the deploy budget (--derive budget) or by the DARTS rule."""
     from e2rnas.search.runner import SearchConfig, run_search
 
-    notes = []
-    no_ood = ood_dataset is not None and ood_dataset.lower() == "none"
-    if no_ood:
-        ood_dataset = None
-        if objectives is None:
-            objectives = "val,adv,params,flops"
-            notes.append("no OoD set (--ood-dataset none): objectives val,adv,params,flops")
-        if ll_ood is None:
-            ll_ood = False
-            notes.append("no OoD set: the lower level trains without the OoD loss")
+    given, notes, no_ood = without_ood(dict(ood_dataset=ood_dataset, objectives=objectives, ll_ood=ll_ood))
+    ood_dataset, objectives, ll_ood = given["ood_dataset"], given["objectives"], given["ll_ood"]
     if macs_bound is not None and flops_bound is not None and macs_bound != flops_bound:
         raise E2RNASError("--macs-bound and its old name --flops-bound disagree: give --macs-bound only")
     out_dir = out or Path("runs") / f"search-{time.strftime('%Y%m%d-%H%M%S')}"
     run_config = out_dir / "config.yaml" if resume and (out_dir / "config.yaml").is_file() else None
     cfg = build_config(SearchConfig, preset=preset, section="search", config_file=config, run_config=run_config,
-                       overrides=dict(
+                       drop_ood=no_ood, overrides=dict(
         dataset=dataset, ood_dataset=ood_dataset, data_dir=str(data_dir) if data_dir else None, download=download,
         image_size=image_size, method=method, params_bound=params_bound,
         flops_bound=macs_bound if macs_bound is not None else flops_bound,
@@ -180,14 +172,9 @@ def search(
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
         max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None,
         derive=derive, params_floor=params_floor,
-        **_latency_bound(latency_bound), lut=str(lut) if lut else None, a_lr=arch_lr,
+        **latency_bound_fields(latency_bound, "--latency-bound"), lut=str(lut) if lut else None, a_lr=arch_lr,
         max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs, max_normal_free_ops=max_normal_free_ops))
     opt.resolve_device(cfg.device)  # a device from the preset or --config must exist here too
-    if no_ood:
-        try:
-            cfg = dataclasses.replace(cfg, ood_dataset=None)
-        except ValueError as exc:
-            raise E2RNASError(f"bad search settings: {exc}") from exc
     if print_config:
         print_resolved(cfg, section="search")
         return
@@ -211,19 +198,6 @@ def search(
         return
     print_search_summary(summary)
     console.print(f"genotype: {out_dir / 'genotype.json'}  (supernet val accuracy {summary['val_accuracy']:.3f})")
-
-
-def _latency_bound(text: str | None) -> dict[str, float | None]:
-    """``--latency-bound 0.4`` (ms) or ``--latency-bound 50%`` (of the table's range) as config fields."""
-    if text is None:
-        return {}
-    try:
-        if text.strip().endswith("%"):
-            return {"latency_bound_fraction": float(text.strip()[:-1]) / 100}
-        return {"latency_bound": float(text)}
-    except ValueError:
-        raise E2RNASError(f"--latency-bound {text!r}: give milliseconds (0.4) or a percentage of the table's "
-                          f"range (50%)") from None
 
 
 def print_search_summary(summary: dict[str, Any]) -> None:

@@ -114,7 +114,8 @@ def validate(cls: type[T], values: dict[str, Any], *, section: str, origins: dic
 
 
 def build_config(cls: type[T], *, preset: str, section: str, config_file: Path | None = None,
-                 overrides: dict[str, Any] | None = None, run_config: Path | None = None) -> T:
+                 overrides: dict[str, Any] | None = None, run_config: Path | None = None,
+                 drop_ood: bool = False) -> T:
     """Preset < the file's ``section:`` block (or its top level) < flags that were given (not None).
 
     ``run_config`` (a resumed run's own ``config.yaml``) replaces preset and file: the run continues with the
@@ -146,6 +147,9 @@ def build_config(cls: type[T], *, preset: str, section: str, config_file: Path |
     if "device" in fields and values.get("device", "auto") == "auto":
         values["device"] = resolve_device("auto")
         origins.setdefault("device", "--device auto")
+    if drop_ood:  # ``--ood-dataset none``: no OoD set, whatever the preset or file says
+        values["ood_dataset"] = None
+        origins["ood_dataset"] = "--ood-dataset none"
     return validate(cls, values, section=section, origins=origins)
 
 
@@ -197,3 +201,59 @@ def resolve_device(text: str | None) -> str:
     elif dev.type not in ("cpu", "cuda", "mps"):
         raise E2RNASError(f"--device {text}: e2rnas runs on cpu, cuda or mps")
     return name
+
+
+# -- values given as text (flags and stage options) --------------------------------------------------------
+def fraction(value: Any, key: str) -> float | None:
+    """``0.0078`` or ``"2/255"`` -> float."""
+    if value is None or isinstance(value, int | float):
+        return value
+    try:
+        num, _, den = str(value).partition("/")
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise E2RNASError(f"{key} must be a number or a fraction such as 2/255, got {value!r}") from None
+
+
+def int_list(value: Any, key: str) -> list[int]:
+    """``"1,8,64"``, ``[1, 8]`` or ``8`` -> positive ints."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    try:
+        out = [int(v) for v in items if str(v).strip()]
+    except ValueError:
+        raise E2RNASError(f"{key} must be comma-separated integers such as 1,8,64, got {value!r}") from None
+    if not out or min(out) < 1:
+        raise E2RNASError(f"{key} must be positive integers, got {value!r}")
+    return out
+
+
+def latency_bound_fields(text: str | float | None, key: str = "latency bound") -> dict[str, float]:
+    """``0.4`` (ms) or ``"50%"`` (of the table's fastest-to-slowest range) -> search config fields."""
+    if text is None:
+        return {}
+    s = str(text).strip()
+    try:
+        if s.endswith("%"):
+            return {"latency_bound_fraction": float(s[:-1]) / 100}
+        return {"latency_bound": float(s)}
+    except ValueError:
+        raise E2RNASError(f"{key} {text!r}: give milliseconds (0.4) or a percentage of the table's range "
+                          f"(50%)") from None
+
+
+def without_ood(options: dict[str, Any]) -> tuple[dict[str, Any], list[str], bool]:
+    """``ood_dataset: none`` for a search: no OoD objective and no lower-level OoD loss unless set otherwise.
+
+    Returns the options, notes saying what changed, and whether the OoD set is dropped (``build_config``'s
+    ``drop_ood``: an override of None would leave the preset's set in place)."""
+    value = options.get("ood_dataset")
+    if value is None or str(value).lower() != "none":
+        return options, [], False
+    out, notes = dict(options, ood_dataset=None), []
+    if out.get("objectives") is None:
+        out["objectives"] = "val,adv,params,flops"
+        notes.append("no OoD set (--ood-dataset none): objectives val,adv,params,flops")
+    if out.get("ll_ood") is None:
+        out["ll_ood"] = False
+        notes.append("no OoD set: the lower level trains without the OoD loss")
+    return out, notes, True

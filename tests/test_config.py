@@ -149,3 +149,13 @@ def test_logging_options_work_after_the_command(tmp_path):
     text = log.read_text()
     assert "search epoch 1/1" in text and "INFO" in text  # the file gets everything, -q only quiets the console
     assert "search epoch" not in proc.stderr
+
+
+def test_ood_none_drops_the_presets_ood_set_for_the_cli_and_the_pipeline():
+    from e2rnas.config import without_ood
+
+    opts, notes, drop = without_ood({"ood_dataset": "none", "epochs": 2})
+    assert drop and len(notes) == 2 and opts["ll_ood"] is False and "ood" not in opts["objectives"]
+    cfg = build_config(SearchConfig, preset="embedded-default", section="search", overrides=opts, drop_ood=drop)
+    assert cfg.ood_dataset is None and cfg.epochs == 2 and "ood" not in cfg.objectives
+    assert without_ood({"ood_dataset": "svhn"}) == ({"ood_dataset": "svhn"}, [], False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from e2rnas.config import fraction, int_list, latency_bound_fields, without_ood
 from e2rnas.errors import E2RNASError
 
 Result = tuple[int, dict[str, Any] | None]
@@ -32,29 +33,6 @@ class StageContext:
         return self.run_dir.joinpath(*parts)
 
 
-def _fraction(value: Any, key: str) -> float | None:
-    """``0.0078`` or ``"2/255"`` -> float."""
-    if value is None or isinstance(value, int | float):
-        return value
-    try:
-        num, _, den = str(value).partition("/")
-        return float(num) / float(den) if den else float(num)
-    except (ValueError, ZeroDivisionError):
-        raise E2RNASError(f"{key} must be a number or a fraction such as 2/255, got {value!r}") from None
-
-
-def int_list(value: Any, key: str) -> list[int]:
-    """``"1,8,64"``, ``[1, 8]`` or ``8`` -> positive ints."""
-    items = value if isinstance(value, list | tuple) else str(value).split(",")
-    try:
-        out = [int(v) for v in items if str(v).strip()]
-    except ValueError:
-        raise E2RNASError(f"{key} must be comma-separated integers such as 1,8,64, got {value!r}") from None
-    if not out or min(out) < 1:
-        raise E2RNASError(f"{key} must be positive integers, got {value!r}")
-    return out
-
-
 def take(stage: str, options: dict[str, Any], spec: dict[str, str | tuple[str, Callable[[Any, str], Any]]]
          ) -> dict[str, Any]:
     """Stage options (flag names, ``-`` or ``_``) -> keywords; an option the stage does not know is an error."""
@@ -72,35 +50,6 @@ def take(stage: str, options: dict[str, Any], spec: dict[str, str | tuple[str, C
             value = convert(value, f"{stage}.{key}")
         out[target] = value
     return out
-
-
-def latency_bound_fields(text: str | float | None) -> dict[str, float]:
-    """``0.4`` (ms) or ``"50%"`` (of the table's fastest-to-slowest range) -> search config fields."""
-    if text is None:
-        return {}
-    s = str(text).strip()
-    try:
-        if s.endswith("%"):
-            return {"latency_bound_fraction": float(s[:-1]) / 100}
-        return {"latency_bound": float(s)}
-    except ValueError:
-        raise E2RNASError(f"latency bound {text!r}: give milliseconds (0.4) or a percentage of the table's range "
-                          f"(50%)") from None
-
-
-def without_ood(options: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``ood_dataset: none`` for a search: no OoD objective and no lower-level OoD loss unless set otherwise."""
-    value = options.get("ood_dataset")
-    if value is None or str(value).lower() != "none":
-        return options, []
-    out, notes = dict(options, ood_dataset=None), []
-    if out.get("objectives") is None:
-        out["objectives"] = "val,adv,params,flops"
-        notes.append("no OoD set (--ood-dataset none): objectives val,adv,params,flops")
-    if out.get("ll_ood") is None:
-        out["ll_ood"] = False
-        notes.append("no OoD set: the lower level trains without the OoD loss")
-    return out, notes
 
 
 # -------------------------------------------------------------------------------------------------- stages
@@ -129,12 +78,12 @@ def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file
     from e2rnas.config import build_config
     from e2rnas.search.runner import SearchConfig, run_search
 
-    opts, notes = without_ood(dict(options))
+    opts, notes, no_ood = without_ood(dict(options))
     if lut_file is not None:
         opts = {"lut": str(lut_file), **latency_bound_fields(latency_bound), **opts}
     if "latency_bound" in opts and isinstance(opts["latency_bound"], str):
         opts |= latency_bound_fields(opts.pop("latency_bound"))
-    cfg = build_config(SearchConfig, preset=ctx.preset, section="search", overrides=opts)
+    cfg = build_config(SearchConfig, preset=ctx.preset, section="search", overrides=opts, drop_ood=no_ood)
     summary = run_search(cfg, out_dir=ctx.path("search"), resume=resume, on_step=ctx.on_search_step)
     return 0, summary | {"notes": notes}
 
@@ -152,8 +101,8 @@ def train(ctx: StageContext, options: dict[str, Any], *, genotype: str, resume: 
 
 
 EVAL_OPTIONS: dict[str, Any] = {
-    "attack_preset": "attack_preset", "preset": "attack_preset", "eps": ("eps", _fraction), "steps": "steps",
-    "step_size": ("step_size", _fraction), "random_start": "random_start", "max_samples": "max_samples",
+    "attack_preset": "attack_preset", "preset": "attack_preset", "eps": ("eps", fraction), "steps": "steps",
+    "step_size": ("step_size", fraction), "random_start": "random_start", "max_samples": "max_samples",
     "ood_max_samples": "ood_max_samples", "batch_size": "batch_size", "seed": "seed", "dataset": "dataset",
     "test_dataset": "test_dataset", "ood_dataset": "ood_dataset", "data_dir": "data_dir", "download": "download",
     "device": "device", "source_model": "source_model"}
