@@ -154,8 +154,8 @@ def test_logging_options_work_after_the_command(tmp_path):
 def test_ood_none_drops_the_presets_ood_set_for_the_cli_and_the_pipeline():
     from e2rnas.config import without_ood
 
-    opts, notes, drop = without_ood({"ood_dataset": "none", "epochs": 2})
+    opts, notes, drop = without_ood({"ood_dataset": "none", "epochs": 5})
     assert drop and len(notes) == 2 and opts["ll_ood"] is False and "ood" not in opts["objectives"]
     cfg = build_config(SearchConfig, preset="embedded-default", section="search", overrides=opts, drop_ood=drop)
-    assert cfg.ood_dataset is None and cfg.epochs == 2 and "ood" not in cfg.objectives
+    assert cfg.ood_dataset is None and cfg.epochs == 5 and "ood" not in cfg.objectives
     assert without_ood({"ood_dataset": "svhn"}) == ({"ood_dataset": "svhn"}, [], False)
