@@ -43,7 +43,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the run-based tests of check() (tests/test_budget.py) train a tiny run per process: too slow per mutant
     "budget": ("e2rnas/deploy_targets/budget.py", ["tests/test_budget_unit.py"]),
     "derive": ("e2rnas/search/derive.py", ["tests/test_derive.py"]),
-    "bilevel": ("e2rnas/search/bilevel.py", ["tests/test_bilevel.py"]),
+    "bilevel": ("e2rnas/search/bilevel.py", ["tests/test_bilevel.py", "tests/test_bilevel_step.py"]),
     "attacks": ("e2rnas/evaluation/attacks.py", ["tests/test_attacks.py"]),
     "latency_table": ("e2rnas/space/latency_table.py", ["tests/test_latency_table.py"]),
     "_io": ("e2rnas/_io.py", ["tests/test_io.py"]),

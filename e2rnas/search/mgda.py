@@ -139,13 +139,13 @@ class Weighting:
         K = grads.shape[0]
         kind = self.spec.split(":", 1)[0]
         if kind == "equal":
-            gamma = torch.full((K,), 1.0 / K)
+            gamma = torch.full((K,), 1.0 / K, dtype=grads.dtype)
             return gamma, gamma
         if kind == "fixed":
             values = self.fixed_weights()
             if len(values) != K:
                 raise ValueError(f"fixed weighting has {len(values)} weights for {K} objectives ({', '.join(names)})")
-            gamma = torch.tensor(values) / sum(values)
+            gamma = torch.tensor(values, dtype=torch.float64).to(grads.dtype) / sum(values)
             return gamma, gamma
         n = normalizers(grads, losses, self.normalization).to(grads.dtype)
         live = ~self.degenerate(grads, losses)
