@@ -45,7 +45,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "derive": ("e2rnas/search/derive.py", ["tests/test_derive.py"]),
     "bilevel": ("e2rnas/search/bilevel.py", ["tests/test_bilevel.py", "tests/test_bilevel_step.py"]),
     "attacks": ("e2rnas/evaluation/attacks.py", ["tests/test_attacks.py"]),
-    "latency_table": ("e2rnas/space/latency_table.py", ["tests/test_latency_table.py"]),
+    "latency_table": ("e2rnas/space/latency_table.py", ["tests/test_latency_table_unit.py"]),
     "_io": ("e2rnas/_io.py", ["tests/test_io.py"]),
 }
 #: the installed package layout (pyproject [tool.setuptools] package-dir), flattened
