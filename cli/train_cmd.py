@@ -24,7 +24,8 @@ Amp = Annotated[str | None, typer.Option(
 
 Loader = Annotated[str | None, typer.Option(
     "--loader", help="memory (whole-batch augmentation in-process; fastest on small images) or dataloader "
-    "(torch DataLoader, transforms.v2 per image, --workers, pinned memory on CUDA).")]
+    "(torch DataLoader, transforms.v2 per image, --workers, pinned memory on CUDA; imagefolder: sets stream from "
+    "disk).")]
 Workers = Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes (--loader dataloader).")]
 
 

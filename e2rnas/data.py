@@ -2,7 +2,8 @@
 
 Specs: ``digits`` (embedded default, offline), ``digits-ood``, ``cifar10``, ``cifar100``, ``svhn`` (torchvision,
 from ``data_dir``; ``download`` only when asked), ``npz:PATH`` (arrays ``x`` uint8 NHWC, ``y``), and
-``imagefolder:PATH`` (class sub-folders; loaded and resized into memory, for small folders).
+``imagefolder:PATH`` (class sub-folders, as torchvision's ImageFolder; resized into memory, or streamed from disk
+with ``stream=True``: ``e2rnas.imagefolder``, docs/data-splits.md).
 
 The embedded default: scikit-learn's 1,797 8x8 handwritten digits, resized to 16x16 and copied to 3 channels.
 Digits 0-4 are in-distribution, digits 5-9 are the OoD set (disjoint labels). In-distribution images are split
@@ -12,14 +13,18 @@ per class 75% train / 25% test with a fixed seed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from e2rnas.errors import E2RNASError
+
+if TYPE_CHECKING:
+    from e2rnas.imagefolder import FolderIndex
 
 DIGITS_IN = (0, 1, 2, 3, 4)
 DIGITS_OOD = (5, 6, 7, 8, 9)
@@ -171,32 +176,40 @@ def _npz(path: Path, split: str) -> ImageSet:
 
 
 def _imagefolder(path: Path, image_size: int | None) -> ImageSet:
-    from PIL import Image
+    """Decode a whole folder into memory, refused when it does not fit (``e2rnas.imagefolder.check_fits``)."""
+    from e2rnas.imagefolder import check_fits, decode, index_folder
 
-    if not path.is_dir():
-        raise DataError(f"image folder not found: {path}")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise DataError(f"{path}: no class sub-folders (expected PATH/<class>/<image>)")
-    size = image_size or 32
-    xs, ys = [], []
-    for c, cls_name in enumerate(classes):
-        files = sorted(f for f in (path / cls_name).iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
-        if not files:
-            raise DataError(f"{path}: class folder {cls_name!r} has no images")
-        for f in files:
-            img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
-            xs.append(np.asarray(img))
-            ys.append(c)
-    return _from_nhwc(np.stack(xs), np.array(ys), f"imagefolder:{path.name}", num_classes=len(classes))
+    index = index_folder(path, image_size=image_size)
+    check_fits(index)
+    x = torch.empty((len(index), 3, index.image_size, index.image_size), dtype=torch.uint8)
+    for i in range(len(index)):
+        x[i] = decode(index.path(i), index.image_size)
+    return ImageSet(x, index.y, index.num_classes, index.name)
+
+
+@overload
+def load_dataset(spec: str, *, split: str = ..., data_dir: str | Path | None = ..., download: bool = ...,
+                 image_size: int | None = ..., stream: Literal[False] = ..., workers: int = ...) -> ImageSet: ...
+
+
+@overload
+def load_dataset(spec: str, *, split: str = ..., data_dir: str | Path | None = ..., download: bool = ...,
+                 image_size: int | None = ..., stream: bool, workers: int = ...) -> ImageSet | FolderIndex: ...
 
 
 def load_dataset(spec: str, *, split: str = "train", data_dir: str | Path | None = None, download: bool = False,
-                 image_size: int | None = None) -> ImageSet:
-    """Load one split (``train``, ``test`` or ``all``) of a named data set; resize when ``image_size`` is set."""
+                 image_size: int | None = None, stream: bool = False, workers: int = 0) -> ImageSet | FolderIndex:
+    """Load one split (``train``, ``test`` or ``all``) of a named data set; resize when ``image_size`` is set.
+
+    ``stream=True`` returns an ``imagefolder:`` set as a ``FolderIndex`` (decoded batch by batch, by ``workers``
+    DataLoader processes); every other set loads into memory as usual."""
     if split not in ("train", "test", "all"):
         raise DataError(f"unknown split {split!r}; use train, test or all")
     key, _, arg = spec.partition(":")
+    if stream and key == "imagefolder" and arg:
+        from e2rnas.imagefolder import index_folder
+
+        return replace(index_folder(Path(arg).expanduser(), image_size=image_size), workers=workers)
     if key == "digits" and not arg:
         data = _digits(DIGITS_IN, split)
     elif key == "digits-ood" and not arg:
@@ -221,9 +234,10 @@ def resize(data: ImageSet, size: int) -> ImageSet:
     return ImageSet(x.round().clamp(0, 255).to(torch.uint8), data.y, data.num_classes, data.name)
 
 
-def normalization_for(spec: str, train: ImageSet) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std: published values for the torchvision sets, else measured on the training split."""
-    return KNOWN_STATS.get(spec, train.stats())
+def normalization_for(spec: str, train: ImageSet | FolderIndex) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std: published values for the torchvision sets, else measured on the training split
+    (a streamed folder: on a bounded sample, ``FolderIndex.stats``)."""
+    return KNOWN_STATS[spec] if spec in KNOWN_STATS else train.stats()
 
 
 def augment(x: torch.Tensor, *, generator: torch.Generator, pad: int = 4, flip: bool = True,
@@ -259,9 +273,13 @@ def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: i
     return torch.stack(crops)
 
 
-def batches(data: ImageSet, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+def batches(data: ImageSet | FolderIndex, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
             drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Float batches in [0, 1]; the order comes from ``generator`` so that a resumed run sees the same batches."""
+    """Float batches in [0, 1]; the order comes from ``generator`` so that a resumed run sees the same batches.
+    A streamed folder decodes each batch from disk, in the same order."""
+    if not isinstance(data, ImageSet):
+        yield from data.batches(batch_size, shuffle=shuffle, generator=generator, drop_last=drop_last)
+        return
     n = len(data)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last and n >= batch_size else n

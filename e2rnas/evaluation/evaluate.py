@@ -22,6 +22,7 @@ from e2rnas.data import ImageSet, batches
 from e2rnas.errors import E2RNASError
 from e2rnas.evaluation.attacks import pgd
 from e2rnas.evaluation.ood_metrics import max_softmax, ood_metrics
+from e2rnas.imagefolder import FolderIndex
 from e2rnas.predict import Predictor, TorchPredictor
 from e2rnas.presets import PRESETS
 
@@ -130,7 +131,7 @@ class _Bar:
             self.bar.update(self.task, advance=1, description=description)
 
 
-def evaluate(predictor: Predictor, *, test: ImageSet, ood: ImageSet | None = None,
+def evaluate(predictor: Predictor, *, test: ImageSet | FolderIndex, ood: ImageSet | FolderIndex | None = None,
              protocol: EvalProtocol = PROTOCOLS["paper"], attack_model: torch.nn.Module | None = None,
              metrics: Sequence[str] = METRICS, progress: bool = False) -> dict[str, Any]:
     """Accuracies (fractions in [0, 1]), OoD metrics and the protocol, as one JSON-ready dict."""
@@ -207,18 +208,19 @@ def _null() -> Iterator[None]:
 
 @dataclass(frozen=True)
 class EvalData:
-    test: ImageSet
-    ood: ImageSet | None
+    test: ImageSet | FolderIndex
+    ood: ImageSet | FolderIndex | None
     specs: dict[str, Any]
 
 
 def eval_data(data_meta: dict[str, Any], *, dataset: str | None = None, test_dataset: str | None = None,
               ood_dataset: str | None = None, data_dir: str | Path | None = None, download: bool = False,
-              image_size: int | None = None) -> EvalData:
+              image_size: int | None = None, workers: int = 0) -> EvalData:
     """The test and OoD sets for a model: flags first, then what ``model.pt`` recorded (``data`` meta).
 
     ``ood_dataset="none"`` turns OoD detection off. Split-less sets (npz:, imagefolder:) give their 20% test
-    part, the part training never saw (``e2rnas.train.trainer.load_split``).
+    part, the part training never saw (``e2rnas.train.trainer.load_split``). Image folders stream from disk,
+    decoded batch by batch by ``workers`` DataLoader processes; the other sets are read into memory.
     """
     from e2rnas.train.trainer import load_split, load_test_set
 
@@ -230,7 +232,8 @@ def eval_data(data_meta: dict[str, Any], *, dataset: str | None = None, test_dat
     ood_spec = ood_dataset or data_meta.get("ood_dataset")
     ood_spec = None if ood_spec in (None, "", "none") else ood_spec
     size = image_size or data_meta.get("image_size")
-    kw: dict[str, Any] = dict(data_dir=data_dir or data_meta.get("data_dir"), download=download, image_size=size)
+    kw: dict[str, Any] = dict(data_dir=data_dir or data_meta.get("data_dir"), download=download, image_size=size,
+                              stream=True, workers=workers)
     test = load_test_set(spec, test_spec, **kw)
     n_cls = data_meta.get("num_classes")
     if n_cls is not None and int(test.y.max()) >= n_cls:
@@ -244,7 +247,8 @@ def eval_data(data_meta: dict[str, Any], *, dataset: str | None = None, test_dat
 def evaluate_file(model: str | Path, *, out_dir: str | Path | None = None, protocol: EvalProtocol,
                   source_model: str | Path | None = None, dataset: str | None = None,
                   test_dataset: str | None = None, ood_dataset: str | None = None, data_dir: str | Path | None = None,
-                  download: bool = False, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
+                  download: bool = False, device: str = "cpu", progress: bool = True, workers: int = 0
+                  ) -> dict[str, Any]:
     """Evaluate ``model.pt`` (or an exported .onnx/.engine, with ``source_model`` for sizes and transfer attacks)
     and write ``eval.json`` into ``out_dir`` (default: the model's folder); returns what it wrote."""
     from e2rnas._io import atomic_write_json
@@ -264,7 +268,7 @@ def evaluate_file(model: str | Path, *, out_dir: str | Path | None = None, proto
     meta = loaded.meta if loaded else {}
     data = eval_data(meta.get("data", {}), dataset=dataset, test_dataset=test_dataset, ood_dataset=ood_dataset,
                      data_dir=data_dir, download=bool(download),
-                     image_size=loaded.spec.input_size if loaded else None)
+                     image_size=loaded.spec.input_size if loaded else None, workers=workers)
     result = evaluate(predictor, test=data.test, ood=data.ood, protocol=protocol, attack_model=attack_model,
                       progress=progress)
     result["model"] = str(model)

@@ -1,5 +1,6 @@
 """The DataLoader path of retraining: ``torchvision.transforms.v2`` per image, worker processes, pinned memory and a
-seeded generator per epoch (``--loader dataloader``).
+seeded generator per epoch (``--loader dataloader``). It reads an in-memory ``ImageSet`` or, for ``imagefolder:``
+sets, a ``FolderIndex`` whose images the workers decode from disk (``image_dataset``).
 
 The in-memory path (``--loader memory``, the default) augments a whole batch at once with the same operations
 (``e2rnas.data.augment``); on small images it is faster (benchmarks/scaling.py, ``loader`` section). Resume rule:
@@ -16,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from e2rnas.data import ImageSet
 from e2rnas.distributed import DistInfo
+from e2rnas.imagefolder import FolderDataset, FolderIndex
 
 
 class Cutout(torch.nn.Module):
@@ -77,6 +79,11 @@ class ImageSetDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(self.data.x[i]), self.data.y[i]
+
+
+def image_dataset(data: ImageSet | FolderIndex, transform: Any) -> Dataset:
+    """The per-image Dataset of a training set: in memory, or decoded from disk (a streamed image folder)."""
+    return FolderDataset(data, transform) if isinstance(data, FolderIndex) else ImageSetDataset(data, transform)
 
 
 def train_loader(dataset: Dataset, *, batch_size: int, seed: int, epoch: int, workers: int = 0,

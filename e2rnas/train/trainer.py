@@ -24,6 +24,7 @@ from e2rnas.data import ImageSet, augment, batches, load_dataset, normalization_
 from e2rnas.distributed import DistInfo, RunLock, barrier, local_device, mean_all_reduce, shard
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
+from e2rnas.imagefolder import FolderIndex, one_line_errors
 from e2rnas.model_io import NetworkSpec, load_model, save_model
 from e2rnas.run.provenance import provenance
 from e2rnas.space.genotypes import Genotype
@@ -75,7 +76,8 @@ class TrainConfig:
     variant: str = "cifar"
     # off (fp32, TF32 off) | auto (tf32 on CUDA) | tf32 | bf16 | fp16; CUDA only but off (e2rnas.train.amp)
     amp: str = "off"
-    loader: str = "memory"  # memory (whole-batch augmentation in-process) | dataloader (transforms.v2, workers)
+    # memory (whole-batch augmentation in-process) | dataloader (transforms.v2, workers; image folders stream from disk)
+    loader: str = "memory"
     workers: int = 0  # DataLoader worker processes (--loader dataloader)
 
     def __post_init__(self) -> None:
@@ -101,49 +103,59 @@ class TrainConfig:
 
 
 def load_split(spec: str, split: str, *, data_dir: str | Path | None = None, download: bool = False,
-               image_size: int | None = None) -> ImageSet:
-    """The ``train`` or ``test`` part of a data set.
+               image_size: int | None = None, stream: bool = False, workers: int = 0) -> ImageSet | FolderIndex:
+    """The ``train`` or ``test`` part of a data set (``stream``: an image folder as a ``FolderIndex``).
 
     ``npz:`` and ``imagefolder:`` sets have no split of their own: 20% of each class (seed 0) is the test part,
     so that training and evaluation never share an image unless a separate test set is named.
     """
+    kw: dict[str, Any] = dict(data_dir=data_dir, download=download, image_size=image_size, stream=stream,
+                              workers=workers)
     if spec.partition(":")[0] not in SPLITLESS:
-        return load_dataset(spec, split=split, data_dir=data_dir, download=download, image_size=image_size)
-    data = load_dataset(spec, split="all", data_dir=data_dir, download=download, image_size=image_size)
+        return load_dataset(spec, split=split, **kw)
+    data = load_dataset(spec, split="all", **kw)
     train_idx, test_idx = split_indices(data.y.numpy(), TEST_FRACTION, TEST_SPLIT_SEED)
     return data.subset(train_idx if split == "train" else test_idx)
 
 
 def load_train_set(dataset: str, test_dataset: str | None, *, data_dir: str | Path | None = None,
-                   download: bool = False, image_size: int | None = None) -> ImageSet:
+                   download: bool = False, image_size: int | None = None, stream: bool = False,
+                   workers: int = 0) -> ImageSet | FolderIndex:
     """All of a split-less file when a separate test set is named, else the data set's train part."""
+    kw: dict[str, Any] = dict(data_dir=data_dir, download=download, image_size=image_size, stream=stream,
+                              workers=workers)
     if test_dataset and dataset.partition(":")[0] in SPLITLESS:
-        return load_dataset(dataset, split="all", data_dir=data_dir, download=download, image_size=image_size)
-    return load_split(dataset, "train", data_dir=data_dir, download=download, image_size=image_size)
+        return load_dataset(dataset, split="all", **kw)
+    return load_split(dataset, "train", **kw)
 
 
 def load_test_set(dataset: str, test_dataset: str | None, *, data_dir: str | Path | None = None,
-                  download: bool = False, image_size: int | None = None) -> ImageSet:
+                  download: bool = False, image_size: int | None = None, stream: bool = False,
+                  workers: int = 0) -> ImageSet | FolderIndex:
     """A separate test file when one is named (all of it), else the data set's test part."""
+    kw: dict[str, Any] = dict(data_dir=data_dir, download=download, image_size=image_size, stream=stream,
+                              workers=workers)
     if test_dataset:
         return load_dataset(test_dataset, split="all" if test_dataset.partition(":")[0] in SPLITLESS else "test",
-                            data_dir=data_dir, download=download, image_size=image_size)
-    return load_split(dataset, "test", data_dir=data_dir, download=download, image_size=image_size)
+                            **kw)
+    return load_split(dataset, "test", **kw)
 
 
 @dataclass(frozen=True)
 class _Data:
-    train: ImageSet
-    val: ImageSet | None
-    test: ImageSet
-    ood: ImageSet | None
+    train: ImageSet | FolderIndex
+    val: ImageSet | FolderIndex | None
+    test: ImageSet | FolderIndex
+    ood: ImageSet | None  # in memory: the OoD loss draws random images every step
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
 
 def _load_data(cfg: TrainConfig) -> _Data:
+    """The run's data; with ``--loader dataloader`` image folders stream from disk (train, val and test parts)."""
     kw: dict[str, Any] = dict(data_dir=cfg.data_dir, download=cfg.download, image_size=cfg.image_size)
-    full = load_train_set(cfg.dataset, cfg.test_dataset, **kw)
+    stream = dict(stream=cfg.loader == "dataloader", workers=cfg.workers)
+    full = load_train_set(cfg.dataset, cfg.test_dataset, **kw, **stream)
     train, val = full, None
     if cfg.val_fraction > 0:
         train_idx, val_idx = split_indices(full.y.numpy(), cfg.val_fraction, VAL_SPLIT_SEED)
@@ -151,7 +163,7 @@ def _load_data(cfg: TrainConfig) -> _Data:
             raise E2RNASError(f"{cfg.dataset}: {len(full)} training images are too few for val_fraction "
                               f"{cfg.val_fraction} and batch size {cfg.batch_size}")
         train, val = full.subset(train_idx), full.subset(val_idx)
-    test = load_test_set(cfg.dataset, cfg.test_dataset, **kw)
+    test = load_test_set(cfg.dataset, cfg.test_dataset, **kw, **stream)
     if test.image_size != train.image_size:
         raise E2RNASError(f"test images are {test.image_size}px but training images {train.image_size}px; "
                           "pass --image-size to resize both")
@@ -171,7 +183,7 @@ def ood_uniform_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, data: ImageSet, *, device: str | torch.device = "cpu",
+def accuracy(model: torch.nn.Module, data: ImageSet | FolderIndex, *, device: str | torch.device = "cpu",
              batch_size: int = 256) -> float:
     """Top-1 accuracy in eval mode (restores the training mode)."""
     was_training = model.training
@@ -434,12 +446,12 @@ def _epoch_batches(data: _Data, cfg: TrainConfig, gen: torch.Generator, epoch: i
     """This process's augmented training batches: whole-batch augmentation of the global batch, sliced
     (``memory``), or a DataLoader with per-image transforms.v2, workers and a DistributedSampler (``dataloader``)."""
     if cfg.loader == "dataloader":
-        from e2rnas.train.loader import ImageSetDataset, train_loader, train_transform
+        from e2rnas.train.loader import image_dataset, train_loader, train_transform
 
-        dataset = ImageSetDataset(data.train, train_transform(pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
-                                                              fill=data.mean))
-        yield from train_loader(dataset, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, workers=cfg.workers,
-                                pin_memory=device.type == "cuda", info=info)
+        dataset = image_dataset(data.train, train_transform(pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout,
+                                                            fill=data.mean))
+        yield from one_line_errors(train_loader(dataset, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                                                workers=cfg.workers, pin_memory=device.type == "cuda", info=info))
         return
     aug = dict(generator=gen, pad=cfg.crop_pad, flip=cfg.flip, cutout=cfg.cutout, cutout_fill=data.mean)
     for step, (x, y) in enumerate(batches(data.train, cfg.batch_size, shuffle=True, generator=gen, drop_last=True)):
