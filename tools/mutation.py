@@ -40,8 +40,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "objectives": ("e2rnas/search/objectives.py", ["tests/test_objectives.py"]),
     "cost": ("e2rnas/space/cost.py", ["tests/test_cost.py"]),
     "ood_metrics": ("e2rnas/evaluation/ood_metrics.py", ["tests/test_ood_metrics.py"]),
-    # the run-based tests of check() (tests/test_budget.py) train a tiny run per process: too slow per mutant
-    "budget": ("e2rnas/deploy_targets/budget.py", ["tests/test_budget_unit.py"]),
+    "budget": ("e2rnas/deploy_targets/budget.py", ["tests/test_budget_unit.py", "tests/test_budget_check.py"]),
     "derive": ("e2rnas/search/derive.py", ["tests/test_derive.py"]),
     "bilevel": ("e2rnas/search/bilevel.py", ["tests/test_bilevel.py", "tests/test_bilevel_step.py"]),
     "attacks": ("e2rnas/evaluation/attacks.py", ["tests/test_attacks.py"]),

@@ -1,0 +1,272 @@
+"""``budget.check`` called directly on a real trained model.pt and its ONNX file, against numbers computed here.
+
+Fast enough for the mutation run of ``deploy_targets/budget.py`` (docs/testing.md): one 2-s training per process,
+latency from a handful of runs, accuracy on the 225 embedded digits test images. The CLI around it is tested in
+``tests/test_budget.py``; the SSH target in ``tests/test_remote.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from _deploy_helpers import export_onnx, train_digits_model
+
+from e2rnas.deploy_targets.budget import (
+    FORMAT,
+    Budget,
+    RunFiles,
+    check,
+    choose_artifact,
+    engine_profile_batch,
+    find_run,
+    pick_engine,
+)
+from e2rnas.deploy_targets.profiles import TARGETS
+from e2rnas.errors import E2RNASError
+
+CPU = TARGETS["cpu"]
+SEARCH = {"params_bound_m": 0.05, "flops_bound_m": 2.0, "expected_params_m": 0.04, "expected_macs_m": 1.5,
+          "exact_params_m": 0.045, "exact_macs_m": 1.6, "warnings": ["the search decided nothing (flat alphas)"],
+          "deploy_shape": {"layers": 3, "C": 4, "num_classes": 5, "input_size": 16},
+          "lut_key": {"target": "cpu", "batch": 1}, "latency_bound_ms": 3.0, "expected_latency_ms": 2.5,
+          "table_latency_ms": 2.75}
+FAST = dict(warmup=0, runs=3, threads=1)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    model = train_digits_model(root / "model.pt", search=SEARCH)
+    from e2rnas.model_io import load_model
+
+    net = load_model(model).model
+    export_onnx(net, root / "export" / "model.onnx")
+    export_onnx(net, root / "export" / "model.bs2.onnx", static_batch=2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def by_hand(run):
+    """Params, MACs and clean accuracy of the model, computed here (the digits test set: 225 images)."""
+    from e2rnas.data import load_dataset
+    from e2rnas.model_io import load_model
+    from e2rnas.space.cost import CostModel, DeployShape
+
+    loaded = load_model(run / "model.pt")
+    net = loaded.model.eval()
+    params = sum(p.numel() for n, p in net.named_parameters() if "auxiliary" not in n)
+    exact = CostModel(DeployShape(layers=3, C=4, num_classes=5, input_size=16)).genotype_cost(loaded.genotype)
+    test = load_dataset("digits", split="test")
+    with torch.no_grad():
+        acc = float((net(test.x.float() / 255).argmax(1) == test.y).double().mean())
+    return {"params_m": params / 1e6, "exact": exact, "accuracy": acc}
+
+
+def _lines(result):
+    return {ln["key"]: ln for ln in result["lines"]}
+
+
+def test_params_and_macs_lines_are_the_models_own_numbers_beside_the_search(run, by_hand):
+    result = check(run, budget=Budget(max_params_m=1.0, max_macs_m=by_hand["exact"].macs_m), target=CPU, **FAST)
+    lines = _lines(result)
+    p, m = lines["max_params_m"], lines["max_macs_m"]
+    assert p["measured"] == pytest.approx(by_hand["params_m"], rel=1e-12)
+    assert p["measured"] == pytest.approx(by_hand["exact"].params_m, rel=1e-12)  # the cost model agrees
+    assert m["measured"] == pytest.approx(by_hand["exact"].macs_m, rel=1e-12)
+    assert m["passed"] and m["margin"] == pytest.approx(0.0, abs=1e-9)  # exactly at its limit passes
+    assert (p["what"], p["source"], m["what"], m["source"]) == (
+        "params (M)", "counted on model.pt", "MACs (M)", "FlopCounterMode on model.pt")
+    assert (p["bound"], p["estimate"], p["exact"]) == (0.05, 0.04, 0.045)
+    assert (m["bound"], m["estimate"], m["exact"]) == (2.0, 1.5, 1.6)
+    assert p["op"] == "<=" and p["margin"] == pytest.approx(1.0 - by_hand["params_m"], rel=1e-12)
+    assert p["margin_pct"] == pytest.approx(100 * (1.0 - by_hand["params_m"]), rel=1e-12)
+    assert result["passed"] is True and result["format"] == FORMAT
+    assert result["artifact"] is None and result["latency"] is None and result["eval_source"] is None
+    assert result["run"] == str(run) and result["model"] == str(run / "model.pt")
+    assert result["search"]["params_bound_m"] == 0.05 and result["search_from"] == f"{run / 'model.pt'} (meta)"
+    assert result["budget"]["max_params_m"] == 1.0 and result["target"]["name"] == "cpu"
+    assert "search: the search decided nothing (flat alphas)" in result["notes"]
+    assert not any("another deploy shape" in n for n in result["notes"])
+    # one MAC over the limit fails
+    over = check(run, budget=Budget(max_macs_m=by_hand["exact"].macs_m - 1e-6), target=CPU, **FAST)
+    assert over["passed"] is False and not _lines(over)["max_macs_m"]["passed"]
+
+
+def test_latency_line_measures_the_onnx_file_at_the_percentile(run):
+    result = check(run, budget=Budget(max_latency_ms=1e4, latency_percentile=90), target=CPU, **FAST)
+    line = _lines(result)["max_latency_ms"]
+    assert result["artifact"] == str(run / "export" / "model.onnx")  # the dynamic-batch file, not .bs2
+    assert line["measured"] == result["latency"]["p90_ms"] > 0 and line["passed"]
+    assert line["what"] == "latency p90 ms, batch 1" and line["source"] == "onnx on cpu"
+    assert result["latency"]["batch"] == 1 and result["latency"]["runs"] >= 3
+    # the search used a latency table of this target and batch: T, the softmax estimate and the prediction
+    assert (line["bound"], line["estimate"], line["exact"]) == (3.0, 2.5, 2.75)
+    tiny = check(run, budget=Budget(max_latency_ms=1e-9), target=CPU, **FAST)
+    assert tiny["passed"] is False
+
+
+def test_latency_from_another_target_or_batch_is_not_shown(run):
+    result = check(run, budget=Budget(max_latency_ms=1e4, latency_batch=2, artifact="torch"), target=CPU, **FAST)
+    line = _lines(result)["max_latency_ms"]
+    assert result["artifact"] == str(run / "model.pt") and line["source"] == "torch on cpu"
+    assert line["what"] == "latency p50 ms, batch 2" and line["measured"] == result["latency"]["p50_ms"]
+    assert result["latency"]["batch"] == 2
+    assert (line["bound"], line["estimate"], line["exact"]) == (None, None, None)
+    assert ("the search's latency table was measured on cpu at batch 1; this check measures cpu at batch 2, so the "
+            "table's prediction is not shown") in result["notes"]
+
+
+def test_a_static_batch_file_refuses_another_batch(run, tmp_path):
+    root = tmp_path / "r"
+    (root / "export").mkdir(parents=True)
+    shutil.copy(run / "model.pt", root / "model.pt")
+    shutil.copy(run / "export" / "model.bs2.onnx", root / "export" / "model.bs2.onnx")
+    with pytest.raises(E2RNASError) as err:
+        check(root, budget=Budget(max_latency_ms=10, latency_batch=3), target=CPU, **FAST)
+    assert str(err.value) == ("model.bs2.onnx cannot run latency_batch 3 (fixed batch 2); set latency_batch or "
+                              "artifact")
+
+
+def test_accuracy_and_pgd_lines_are_measured_on_the_artifact(run, by_hand):
+    result = check(run, budget=Budget(min_accuracy=0.5, min_pgd_accuracy=0.0), target=CPU, **FAST)
+    lines = _lines(result)
+    acc, pgd = lines["min_accuracy"], lines["min_pgd_accuracy"]
+    assert acc["measured"] == pytest.approx(by_hand["accuracy"], abs=1e-9) and acc["measured"] > 0.5
+    assert 0 <= pgd["measured"] < acc["measured"]  # PGD-10 at 2/255 hurts this small model
+    assert acc["op"] == ">=" and acc["margin"] == pytest.approx(acc["measured"] - 0.5)
+    assert acc["what"] == "accuracy" and pgd["what"] == "PGD accuracy"
+    assert acc["source"] == pgd["source"] == result["eval_source"] == "evaluate() on model.onnx (cpu)"
+    assert result["data"]["test_images"] == 225 and result["latency"] is None
+    assert list(lines) == ["min_accuracy", "min_pgd_accuracy"]
+    # the torch artifact gives the same accuracy (the same weights, another runtime)
+    again = check(run, budget=Budget(min_accuracy=0.5, artifact="torch"), target=CPU, **FAST)
+    assert _lines(again)["min_accuracy"]["measured"] == pytest.approx(acc["measured"], abs=1e-9)
+    assert again["eval_source"] == "evaluate() on model.pt (cpu)"
+    capped = check(run, budget=Budget(min_accuracy=0.0), target=CPU, max_samples=40, **FAST)
+    assert capped["data"]["test_images"] == 40
+
+
+def test_reuse_eval_reads_the_file_and_otherwise_measures(run, tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    shutil.copy(run / "model.pt", root / "model.pt")
+    (root / "eval.json").write_text(json.dumps({"clean_acc": 0.42, "pgd_acc": 0.1, "ood": {"aupr_out": 0.77}}))
+    budget = Budget(min_accuracy=0.42, min_pgd_accuracy=0.2, min_aupr=0.7)
+    result = check(root, budget=budget, target=CPU, reuse_eval=True, **FAST)
+    lines = _lines(result)
+    assert [lines[k]["measured"] for k in ("min_accuracy", "min_pgd_accuracy", "min_aupr")] == [0.42, 0.1, 0.77]
+    assert [lines[k]["passed"] for k in ("min_accuracy", "min_pgd_accuracy", "min_aupr")] == [True, False, True]
+    assert result["eval_source"] == f"{root / 'eval.json'} (reused)" and lines["min_aupr"]["what"] == "OoD AUPR"
+    assert result["artifact"] == str(root / "model.pt")  # no ONNX file: torch
+    measured = check(root, budget=Budget(min_accuracy=0.0), target=CPU, reuse_eval=False, **FAST)
+    assert _lines(measured)["min_accuracy"]["measured"] != 0.42
+    assert measured["eval_source"] == "evaluate() on model.pt (cpu)"
+
+
+def test_the_search_costed_another_deploy_shape(run, tmp_path):
+    from e2rnas.model_io import load_model, save_model
+
+    loaded = load_model(run / "model.pt")
+    other = {**SEARCH, "deploy_shape": {"layers": 8, "C": 4, "num_classes": 5, "input_size": None}, "warnings": []}
+    save_model(tmp_path / "model.pt", model=loaded.model, genotype=loaded.genotype, spec=loaded.spec,
+               data={"dataset": "digits", "num_classes": 5}, search=other)
+    result = check(tmp_path / "model.pt", budget=Budget(max_params_m=1), target=CPU, **FAST)
+    assert result["notes"] == ["the search costed another deploy shape than this model: {'layers': (8, 3)} "
+                               "(search, model)"]
+
+
+def _run_files(tmp_path, artifacts: dict, candidates: dict | None = None) -> RunFiles:
+    return RunFiles(root=tmp_path, model=tmp_path / "model.pt", eval_json=None, search={}, search_from=None,
+                    artifacts={"torch": tmp_path / "model.pt", **artifacts}, candidates=candidates or {})
+
+
+def test_choose_artifact(tmp_path):
+    onnx, bs8 = tmp_path / "model.onnx", tmp_path / "model.bs8.onnx"
+    jetson = TARGETS["jetson-orin-nano"]
+    run = _run_files(tmp_path, {"onnx": onnx}, {"onnx": [onnx, bs8]})
+    assert choose_artifact(run, Budget(max_params_m=1), remote=False) == onnx
+    assert choose_artifact(run, Budget(max_params_m=1), remote=True) == onnx
+    assert choose_artifact(run, Budget(max_params_m=1, artifact="torch"), remote=False) == tmp_path / "model.pt"
+    assert choose_artifact(run, Budget(max_params_m=1, artifact="onnx"), remote=False) == onnx
+    bare = _run_files(tmp_path, {})
+    assert choose_artifact(bare, Budget(max_params_m=1), remote=False) == tmp_path / "model.pt"
+    with pytest.raises(E2RNASError) as err:
+        choose_artifact(bare, Budget(max_params_m=1), remote=jetson.remote)
+    assert str(err.value) == (f"a remote target needs an ONNX or engine file and {tmp_path} has none: run e2rnas "
+                              "export --onnx first")
+    with pytest.raises(E2RNASError) as err:
+        choose_artifact(run, Budget(max_params_m=1, artifact="onnx-int8"), remote=False)
+    assert str(err.value) == (f"the budget asks for artifact 'onnx-int8' but {tmp_path} has torch, onnx; export it "
+                              "first or change 'artifact'")
+    # a remote device checks its own engine: the first one is handed over without a local GPU check
+    engines = [tmp_path / "a.engine", tmp_path / "b.engine"]
+    trt = _run_files(tmp_path, {"tensorrt-fp16": engines[0]}, {"tensorrt-fp16": engines})
+    assert choose_artifact(trt, Budget(max_params_m=1, artifact="tensorrt-fp16"), remote=True) == engines[0]
+
+
+def _engine(tmp_path, name: str, sidecar):
+    path = tmp_path / name
+    path.write_bytes(b"plan")
+    if sidecar is not None:
+        path.with_suffix(".json").write_text(sidecar if isinstance(sidecar, str) else json.dumps(sidecar))
+    return path
+
+
+def test_engine_profile_batch_and_pick_engine(tmp_path):
+    b4 = _engine(tmp_path, "b4.engine", {"profile": {"min": 1, "opt": 4, "max": 8}})
+    static = _engine(tmp_path, "s2.engine", {"static_batch": 2})
+    bare = _engine(tmp_path, "bare.engine", None)
+    broken = _engine(tmp_path, "broken.engine", "{not json")
+    empty = _engine(tmp_path, "empty.engine", {"profile": {}})
+    assert [engine_profile_batch(p) for p in (b4, static, bare, broken, empty)] == [4, 2, None, None, None]
+    ok = lambda p: None  # noqa: E731
+    assert pick_engine([bare, static, b4], problem_of=ok, batch=4) == (b4, None)
+    assert pick_engine([bare, static, b4], problem_of=ok, batch=2) == (static, None)
+    path, note = pick_engine([static, b4], problem_of=ok, batch=1)
+    assert path == static and note == ("s2.engine is optimised for batch 2, not latency_batch 1: re-export with --trt "
+                                       "--batch 1 for a profile whose opt shape is the measured batch")
+    path, note = pick_engine([bare], problem_of=ok, batch=1)
+    assert note.startswith("bare.engine is optimised for batch unknown, not latency_batch 1")
+    only_b4 = lambda p: None if p == b4 else f"{p.name} was built elsewhere"  # noqa: E731
+    assert pick_engine([static, b4], problem_of=only_b4, batch=2)[0] == b4
+    with pytest.raises(E2RNASError) as err:
+        pick_engine([static, bare], problem_of=only_b4, batch=1)
+    assert str(err.value) == "none of the 2 engine(s) was built for this device: s2.engine was built elsewhere"
+
+
+def test_find_run_layouts_and_records(run, tmp_path):
+    files = find_run(run / "model.pt")
+    assert files.root == run and files.model == run / "model.pt" and files.eval_json is None
+    assert files.artifacts == {"torch": run / "model.pt", "onnx": run / "export" / "model.onnx"}
+    assert files.candidates == {"onnx": [run / "export" / "model.onnx", run / "export" / "model.bs2.onnx"]}
+    assert files.search == SEARCH and find_run(run).model == run / "model.pt"
+    # a pipeline run: RUN/train/model.pt without a search record, RUN/search/summary.json, RUN/eval/eval.json
+    from e2rnas.model_io import load_model, save_model
+
+    loaded = load_model(run / "model.pt")
+    pipe = tmp_path / "pipe"
+    for d in ("train", "search", "eval", "export"):
+        (pipe / d).mkdir(parents=True)
+    save_model(pipe / "train" / "model.pt", model=loaded.model, genotype=loaded.genotype, spec=loaded.spec)
+    (pipe / "search" / "summary.json").write_text(json.dumps({"summary": {"exact_params_m": 0.1}}))
+    (pipe / "eval" / "eval.json").write_text("{}")
+    files = find_run(pipe)
+    assert files.root == pipe and files.model == pipe / "train" / "model.pt"
+    assert files.search == {"exact_params_m": 0.1} and files.search_from == str(pipe / "search" / "summary.json")
+    assert files.eval_json == pipe / "eval" / "eval.json" and files.artifacts == {"torch": files.model}
+    assert find_run(pipe / "train").root == pipe / "train"
+    (pipe / "train" / "eval.json").write_text("{}")  # the train run's own eval comes first
+    assert find_run(pipe).eval_json == pipe / "train" / "eval.json"
+    (pipe / "search" / "summary.json").write_text("{cut")
+    with pytest.raises(E2RNASError, match=r"summary.json is not valid JSON"):
+        find_run(pipe)
+    (pipe / "search" / "summary.json").write_text(json.dumps({"other": 1}))
+    files = find_run(pipe)
+    assert files.search == {} and files.search_from is None
+    with pytest.raises(E2RNASError) as err:
+        find_run(tmp_path / "nothing")
+    assert str(err.value) == (f"no model found at {tmp_path / 'nothing'}: give a model.pt, a train run directory or "
+                              "a pipeline run directory holding train/model.pt")
