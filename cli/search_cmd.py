@@ -144,6 +144,9 @@ def search(
     max_steps: Annotated[int | None, typer.Option("--max-steps-per-epoch", help="Cap steps per epoch.")] = None,
     seed: opt.Seed = None,
     device: opt.Device = None,
+    amp: Annotated[str | None, typer.Option("--amp", help="Precision on CUDA: off (fp32, TF32 off), auto (TF32), "
+                                            "tf32, or bf16 (autocast; the second-order finite differences stay "
+                                            "fp32); recorded in config.yaml (docs/amp.md).")] = None,
     out: opt.Out = None,
     resume: opt.Resume = False,
     print_config: opt.PrintConfig = False,
@@ -170,7 +173,7 @@ def search(
         mgda_update=mgda_update, hvp=hvp, hvp_eps=hvp_eps, ll_ood_weight=ll_ood_weight,
         search_augment=search_augment, search_cutout=search_cutout,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
-        max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None,
+        max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None, amp=amp,
         derive=derive, params_floor=params_floor,
         **latency_bound_fields(latency_bound, "--latency-bound"), lut=str(lut) if lut else None, a_lr=arch_lr,
         max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs, max_normal_free_ops=max_normal_free_ops))

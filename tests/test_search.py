@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.func import functional_call
 from typer.testing import CliRunner
 
@@ -130,8 +131,9 @@ def _alphas(run_dir: Path) -> list:
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):
-    cfg = SearchConfig(**TINY)
+    cfg = SearchConfig(**TINY, amp="auto")  # auto: tf32 on CUDA, off here; config.yaml records what ran
     full = run_search(cfg, out_dir=tmp_path / "full")
+    assert yaml.safe_load((tmp_path / "full" / "config.yaml").read_text())["search"]["amp"] == "off"
 
     calls = {"n": 0}
 
@@ -365,6 +367,10 @@ def test_search_config_resolves_method_defaults_and_augmentation():
         SearchConfig(dataset="digits", ood_dataset="digits-ood", search_cutout=8)
     with pytest.raises(ValueError, match="hvp"):
         SearchConfig(hvp="backward")
+    with pytest.raises(ValueError, match="amp fp16 needs a gradient scaler.*use --amp bf16 or tf32"):
+        SearchConfig(amp="fp16")
+    with pytest.raises(ValueError, match="amp must be one of off, auto, tf32, bf16, got 'fp8'"):
+        SearchConfig(amp="fp8")
 
 
 def test_search_augmentation_changes_both_halves_and_resumes_identically(tmp_path):

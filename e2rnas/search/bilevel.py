@@ -14,7 +14,7 @@ lower-level gradient the step computed anyway. They are different searches, not 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -69,8 +69,12 @@ class BilevelStep:
                  macs_bound_m: float | None = None, hvp_eps: float = 0.01, hvp: str = "forward",
                  ll_ood_weight: float = 1.0, a_grad_clip: float | None = None, latency_table=None,
                  latency_bound_ms: float | None = None,
-                 reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None):
+                 reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
+                 autocast: Callable[[], AbstractContextManager] | None = None):
         self.model = model
+        # mixed precision (search --amp bf16): the lower-level pass, FGSM and the objectives run under it; the
+        # finite-difference passes of the second-order term never do (r v is below bf16's resolution)
+        self._autocast = autocast or nullcontext
         # data parallelism: the mean over processes of every data-dependent gradient and loss (identity when one)
         self._reduce = reduce or (lambda tensors: tensors)
         self.objectives = objectives
@@ -109,9 +113,22 @@ class BilevelStep:
         params = dict(zip(self.weight_names, theta, strict=True))
         return lambda x: functional_call(self.model, params, (x,))
 
+    def _amp(self, forward):
+        """``forward`` under the step's mixed precision, logits back in float32 (losses and gradients in fp32)."""
+        if self._autocast is nullcontext:
+            return forward
+
+        def run(x):
+            with self._autocast():
+                return forward(x).float()
+
+        return run
+
     def _lower_grads(self, forward, batch: StepBatch, x_train_adv: torch.Tensor | None,
-                     wrt: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(L_lower, grad of L_lower w.r.t. ``wrt``), one term at a time so that only one graph is alive."""
+                     wrt: list[torch.Tensor], *, autocast: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(L_lower, grad of L_lower w.r.t. ``wrt``), one term at a time so that only one graph is alive;
+        ``autocast=False`` runs in full precision whatever the step's mixed precision."""
+        forward = self._amp(forward) if autocast else forward
         terms = [lambda: F.cross_entropy(forward(batch.x_train), batch.y_train)]
         if self.ll_ood and batch.x_ood_lower is not None:
             terms.append(lambda: self.ll_ood_weight * ood_kl_uniform(forward(batch.x_ood_lower)))
@@ -154,14 +171,18 @@ class BilevelStep:
         r = self.hvp_eps / norm
         central = self.hvp == "central"
         signs = (1.0, -1.0) if central else (1.0,)
+        if not central and self._autocast is not nullcontext:
+            signs = (1.0, 0.0)  # g(theta) again, in full precision: the step's own was taken under autocast
         grads = []
         for sign in signs:
             theta = [p.detach() + sign * r * t for p, t in zip(self.weights, v, strict=True)]
             with _replay_rng(rng, self.alphas[0].device):
-                grads.append(self._lower_grads(self._forward(theta), batch, x_train_adv, self.alphas)[1])
+                grads.append(self._lower_grads(self._forward(theta), batch, x_train_adv, self.alphas,
+                                               autocast=False)[1])
         if central:
             return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
-        return [(gp - g0) / r for gp, g0 in zip(grads[0], alpha_grad_t, strict=True)]
+        base = grads[1] if len(grads) == 2 else alpha_grad_t
+        return [(gp - g0) / r for gp, g0 in zip(grads[0], base, strict=True)]
 
     # -- the step ----------------------------------------------------------------------------------------------
     def gradients(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None
@@ -171,8 +192,8 @@ class BilevelStep:
         model.train()
         x_train_adv = None
         if self.ll_adv:
-            x_train_adv = fgsm(model, batch.x_train, batch.y_train, eps=self.eps, step_size=self.fgsm_step * self.eps,
-                               generator=generator)
+            x_train_adv = fgsm(self._amp(model), batch.x_train, batch.y_train, eps=self.eps,
+                               step_size=self.fgsm_step * self.eps, generator=generator)
         second_order = not self.first_order
         rng = _rng_snapshot(self.alphas[0].device)
         wrt = self.weights + (self.alphas if second_order and self.hvp == "forward" else [])
@@ -181,7 +202,7 @@ class BilevelStep:
         g, alpha_grad_t = grads[:len(self.weights)], grads[len(self.weights):]
 
         theta = self._unrolled(g, lr) if second_order else None
-        forward = self._forward(theta)
+        forward = self._amp(self._forward(theta))
         names = [o.name for o in self.objectives]
         x_adv = None
         if "adv" in names:  # made at theta', where L_adv is evaluated (eq. 4 at the unrolled weights)
@@ -249,7 +270,7 @@ class BilevelStep:
         self.model.train()
         x_train_adv = None
         if self.ll_adv:
-            x_train_adv = fgsm(self.model, batch.x_train, batch.y_train, eps=self.eps,
+            x_train_adv = fgsm(self._amp(self.model), batch.x_train, batch.y_train, eps=self.eps,
                                step_size=self.fgsm_step * self.eps, generator=generator)
         lower, g = self._lower_grads(self.model, batch, x_train_adv, self.weights)
         _check_finite({"lower": lower})

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import OBJECTIVES, make_objectives
 from e2rnas.space.cost import CostModel, DeployShape
 from e2rnas.space.supernet import SearchNetwork
+from e2rnas.train.amp import AMP_MODES, make_precision, resolve_amp
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class SearchConfig:
     deploy_input_size: int | None = None  # None: the search image size
     seed: int = 0
     device: str = "cpu"
+    # precision on CUDA: off | auto (tf32) | tf32 | bf16 (autocast; the finite-difference passes stay fp32)
+    amp: str = "off"
     max_steps_per_epoch: int | None = None
     val_batches: int = 4
     # P-DARTS (method p-darts): cells per stage, non-none ops kept per edge when a stage starts, skip dropout,
@@ -154,6 +157,11 @@ class SearchConfig:
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
         Weighting(self.weighting, self.normalization, self.mgda_max_iter, self.mgda_update)
+        if self.amp == "fp16":
+            raise ValueError("amp fp16 needs a gradient scaler, which the bi-level step's per-objective gradients "
+                             "do not use: use --amp bf16 or tf32 (docs/amp.md)")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {', '.join(m for m in AMP_MODES if m != 'fp16')}, got {self.amp!r}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 (or unset for whole epochs), got "
                              f"{self.max_steps_per_epoch}")
@@ -262,6 +270,7 @@ class SearchRun:
         self.dist = dist or DistInfo()
         torch.manual_seed(cfg.seed)
         self.device = torch.device(local_device(cfg.device, self.dist))
+        self.precision = make_precision(resolve_amp(cfg.amp, self.device), self.device)
         self.cost_model = CostModel(deploy_shape(cfg, data))
         self.latency_table = load_latency_table(cfg, self.cost_model.shape)
         self.latency_bound_ms = resolve_latency_bound(cfg, self.cost_model, self.latency_table)
@@ -305,7 +314,8 @@ class SearchRun:
             grad_clip=cfg.grad_clip, params_bound_m=cfg.params_bound, macs_bound_m=cfg.flops_bound,
             hvp=cfg.hvp, hvp_eps=cfg.hvp_eps, ll_ood_weight=cfg.ll_ood_weight, a_grad_clip=cfg.a_grad_clip,
             latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms,
-            reduce=functools.partial(mean_all_reduce, info=self.dist) if self.dist.active else None)
+            reduce=functools.partial(mean_all_reduce, info=self.dist) if self.dist.active else None,
+            autocast=self.precision.autocast if cfg.amp == "bf16" else None)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -375,8 +385,9 @@ class SearchRun:
         if not self.checkpoint_path.is_file():
             raise E2RNASError(f"nothing to resume: {self.checkpoint_path} does not exist (drop --resume to start)")
         blob = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        if blob["config"] != self.cfg.as_dict():
-            changed = sorted(k for k in blob["config"] if blob["config"][k] != self.cfg.as_dict().get(k))
+        saved = {"amp": "off"} | dict(blob["config"])  # checkpoints from before the amp setting searched in fp32
+        if saved != self.cfg.as_dict():
+            changed = sorted(k for k in saved if saved[k] != self.cfg.as_dict().get(k))
             raise E2RNASError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)}); "
                               f"use the same settings or a new --out")
         if int(blob.get("world_size", 1)) != self.dist.world_size:
@@ -530,9 +541,11 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
                           f"(each takes an equal slice of every global batch)")
     if info.main:
         _check_out_dir(out_dir, resume=resume)
+    # config.yaml records the precision that ran (auto -> tf32 on CUDA, off elsewhere)
+    config = replace(config, amp=resolve_amp(config.amp, torch.device(local_device(config.device, info))))
     data = load_search_data(config)
     run = SearchRun(config, data, out_dir, dist=info)
-    with RunLock(out_dir, enabled=info.main):
+    with RunLock(out_dir, enabled=info.main), run.precision.tf32():
         return _run(run, config, out_dir, resume=resume, on_step=on_step if info.main else None,
                     on_epoch=on_epoch if info.main else None)
 
