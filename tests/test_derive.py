@@ -328,3 +328,60 @@ def test_cell_caps_bind_the_normal_cell_only():
         assert reduce.count("skip_connect") == 8, caps  # the reduction cell keeps its strongest ops
         cap = min(v for v in caps.values())
         assert normal.count("skip_connect") == cap and normal.count("sep_conv_3x3") == 8 - cap, caps
+
+
+def _conv_first() -> dict[str, torch.Tensor]:
+    """sep_conv_3x3 strongest everywhere, skip_connect next: the unbounded optimum is all convs (17 units)."""
+    w = torch.full((14, len(PRIMITIVES)), 0.06)
+    w[:, PRIMITIVES.index("sep_conv_3x3")] = 0.4
+    w[:, PRIMITIVES.index("skip_connect")] = 0.3
+    return {"normal": w.clone(), "reduce": w.clone()}
+
+
+@pytest.mark.parametrize("eps", [1e-8, 5e-8, 2e-7])
+def test_a_bound_within_the_solvers_tolerance_of_a_genotype_is_still_met(eps):
+    """HiGHS accepts a row up to ~1e-7 past its bound; costs here sit on a 0.5 grid, so a bound eps past a grid
+    point must give the genotype of the next grid point, not an infeasibility error (the tightening escalates)."""
+    below = derive_budget(_skip_first(), PRIMITIVES, [_unit_cost(lower=9.0 + eps)])
+    assert below.costs["units"] >= 9.0 + eps
+    assert below.genotype == derive_budget(_skip_first(), PRIMITIVES, [_unit_cost(lower=9.5)]).genotype
+    above = derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0 - eps)])
+    assert above.costs["units"] <= 4.0 - eps
+    assert above.genotype == derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=3.5)]).genotype
+    assert derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0)]).costs["units"] == 4.0
+
+
+def test_an_unbounded_cost_before_a_bounded_one_leaves_its_bound_in_force():
+    free = AdditiveCost("free", "u", 0.0, _unit_cost().tables)
+    d = derive_budget(_conv_first(), PRIMITIVES, [free, _unit_cost(upper=4.0)])
+    assert d.costs == {"free": 3.0, "units": 4.0}  # 3 convs and 13 skips, not 16 convs
+    assert d.genotype == derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0)]).genotype
+
+
+def test_an_unfinished_integer_program_is_an_error_not_a_genotype(monkeypatch):
+    """scipy's milp status 1 (iteration or time limit) must not hand over a half-solved genotype."""
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+
+    from e2rnas.errors import E2RNASError
+
+    def stopped(**kwargs):
+        return OptimizeResult(status=1, x=np.zeros(len(kwargs["c"])), message="Time limit reached. (HiGHS Status 13)")
+
+    monkeypatch.setattr(scipy.optimize, "milp", lambda c, **kw: stopped(c=c, **kw))
+    with pytest.raises(E2RNASError) as err:
+        derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0)])
+    assert str(err.value) == ("the derivation's integer program did not finish (Time limit reached. (HiGHS Status "
+                              "13)); please report this")
+    assert not isinstance(err.value, BudgetInfeasibleError)
+    # status 2 (infeasible) on the derivation itself; the error's cost ranges then come from real solves
+    monkeypatch.undo()
+    real, calls = scipy.optimize.milp, []
+
+    def infeasible_first(c, **kw):
+        calls.append(1)
+        return OptimizeResult(status=2, x=None, message="infeasible") if len(calls) == 1 else real(c, **kw)
+
+    monkeypatch.setattr(scipy.optimize, "milp", infeasible_first)
+    with pytest.raises(BudgetInfeasibleError, match="cost units 1-17 u"):
+        derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0)])

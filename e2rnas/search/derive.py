@@ -26,6 +26,7 @@ from e2rnas.space.ops import PARAMETER_FREE_OPS
 DERIVE_RULES = ("budget", "darts")
 KINDS = ("normal", "reduce")
 _TOL = 1e-9  # relative: float sums of integer costs; a bound met to this precision is met
+_TIGHTEN_ROUNDS = 8
 _NODE_EDGES = [list(range(sum(2 + k for k in range(i)), sum(2 + k for k in range(i + 1)))) for i in range(STEPS)]
 
 
@@ -191,7 +192,10 @@ def derive_budget(strengths: dict[str, torch.Tensor], primitives: Sequence[str],
     triples = _allowed(primitives, logs)
     objective = -np.array([float(logs[k][e, o]) for k, e, o in triples])
     tighten: dict[str, float] = {}
-    for _ in range(4):  # the solver's row tolerance may admit a hair's breadth over a bound: tighten and resolve
+    # HiGHS accepts a row within its feasibility tolerance (about 1e-7) of a bound, which the exact check below may
+    # reject: tighten the violated bound and solve again, by twice the violation, then ten times more each round
+    # (a tightening inside the tolerance changes nothing), so that the first tightening past it is at most 10x it
+    for round_ in range(_TIGHTEN_ROUNDS):
         x = _solve(objective, triples, costs, primitives, max_skips_normal, tighten, max_free_normal)
         if x is None:
             raise infeasible_error(costs, primitives, max_skips_normal=max_skips_normal,
@@ -202,7 +206,7 @@ def derive_budget(strengths: dict[str, torch.Tensor], primitives: Sequence[str],
             return Derivation("budget", genotype, genotype_strength(genotype, logs, primitives),
                               {c.name: c.of(genotype, primitives) for c in costs})
         for key, amount in bad.items():
-            tighten[key] = tighten.get(key, 0.0) + 2 * amount + 1e-9
+            tighten[key] = tighten.get(key, 0.0) + (2 * amount + 1e-9) * 10 ** round_
     raise infeasible_error(costs, primitives, max_skips_normal=max_skips_normal, max_free_normal=max_free_normal)
 
 
