@@ -134,6 +134,9 @@ def search(
                                                         "digits).")] = None,
     search_cutout: Annotated[int | None, typer.Option("--search-cutout", help="Cutout side during search (0: "
                                                       "off; the authors' command used 16).")] = None,
+    fgsm_start: Annotated[str | None, typer.Option("--fgsm-start", help="Upper-level FGSM gradient at the random "
+                                                   "start (random: fast FGSM, the paper) or at the clean input "
+                                                   "(clean: the authors' code, one pass fewer).")] = None,
     ll_ood: Annotated[bool | None, typer.Option("--ll-ood/--no-ll-ood", help="OoD loss in the lower level.")] = None,
     ll_adv: Annotated[bool | None, typer.Option("--ll-adv/--no-ll-adv", help="FGSM adversarial training in the "
                                                 "lower level.")] = None,
@@ -171,7 +174,7 @@ def search(
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
         weighting=weighting, normalization=normalization, objectives=objectives, first_order=first_order,
         mgda_update=mgda_update, hvp=hvp, hvp_eps=hvp_eps, ll_ood_weight=ll_ood_weight,
-        search_augment=search_augment, search_cutout=search_cutout,
+        search_augment=search_augment, search_cutout=search_cutout, fgsm_start=fgsm_start,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
         max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None, amp=amp,
         derive=derive, params_floor=params_floor,

@@ -48,11 +48,11 @@ def _table() -> LatencyTable:
     return LatencyTable(key=key, fixed_ms=0.5, ops=ops)
 
 
-def _model(seed: int = 0):
+def _model(seed: int = 0, partial_channels: int = 1):
     from e2rnas.space.supernet import SearchNetwork
 
     torch.manual_seed(seed)
-    model = SearchNetwork(C=4, layers=3, num_classes=3, primitives=PRIMS).double()
+    model = SearchNetwork(C=4, layers=3, num_classes=3, primitives=PRIMS, partial_channels=partial_channels).double()
     with torch.no_grad():  # alphas away from uniform: every objective has a real alpha-gradient
         for a in model.arch_parameters():
             a.normal_(0, 0.5)
@@ -91,15 +91,24 @@ def _flat(ts) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in ts])
 
 
-def _fgsm(f, x, y, gen: torch.Generator) -> torch.Tensor:
+def _fgsm(f, x, y, gen: torch.Generator, step: float = 1.25) -> torch.Tensor:
     """Fast FGSM by hand: x0 = clamp(x + U(-eps, eps)), one step of 1.25 eps along the sign, projected, clamped."""
     x0 = (x + (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * EPS).clamp(0, 1).requires_grad_(True)
     (gx,) = torch.autograd.grad(F.cross_entropy(f(x0), y), x0)
-    return torch.min(torch.max(x0.detach() + 1.25 * EPS * gx.sign(), x - EPS), x + EPS).clamp(0, 1)
+    return torch.min(torch.max(x0.detach() + step * EPS * gx.sign(), x - EPS), x + EPS).clamp(0, 1)
+
+
+def _fgsm_clean(f, x, y, gen: torch.Generator, step: float = 1.25) -> torch.Tensor:
+    """The authors' FGSM by hand: U(-eps, eps) plus 1.25 eps along the sign of the gradient at the clean input."""
+    xc = x.clone().requires_grad_(True)
+    (gx,) = torch.autograd.grad(F.cross_entropy(f(xc), y), xc)
+    delta = (torch.rand(x.shape, generator=gen, dtype=x.dtype) * 2 - 1) * EPS
+    return (x + (delta + step * EPS * gx.sign()).clamp(-EPS, EPS)).clamp(0, 1)
 
 
 def _by_hand(model, batch, names, weights, *, first_order=False, hvp="forward", ll_adv=False, ll_ood=True,
-             ll_ood_weight=1.0, cost_model=None, table=None, fgsm_seed=7, rng_state=None):
+             ll_ood_weight=1.0, cost_model=None, table=None, fgsm_seed=7, rng_state=None, fgsm_start="random",
+             fgsm_step=1.25):
     """(weight gradient, alpha update direction, losses) of one E2RNAS step, from the equations."""
     pnames = list(model.named_weight_parameters())
     theta = [p.detach().clone().requires_grad_(True) for p in model.weight_parameters()]
@@ -109,7 +118,7 @@ def _by_hand(model, batch, names, weights, *, first_order=False, hvp="forward", 
     def f(params):
         return lambda x: functional_call(model, dict(zip(pnames, params, strict=True)), (x,))
 
-    x_train_adv = _fgsm(f(theta), batch.x_train, batch.y_train, gen) if ll_adv else None
+    x_train_adv = _fgsm(f(theta), batch.x_train, batch.y_train, gen, fgsm_step) if ll_adv else None
 
     def lower(params):
         if rng_state is not None:
@@ -126,7 +135,8 @@ def _by_hand(model, batch, names, weights, *, first_order=False, hvp="forward", 
     g, alpha_grad_t = list(grads[:len(theta)]), _flat(grads[len(theta):])
     at = theta if first_order else [(t - LR * (gt + WD * t)).detach().requires_grad_(True)
                                     for t, gt in zip(theta, g, strict=True)]
-    x_adv = _fgsm(f(at), batch.x_val, batch.y_val, gen) if "adv" in names else None
+    make = _fgsm_clean if fgsm_start == "clean" else _fgsm
+    x_adv = make(f(at), batch.x_val, batch.y_val, gen, fgsm_step) if "adv" in names else None
     losses, rows, theta_rows = {}, [], []
     for name in names:
         if name in ("params", "flops"):
@@ -443,3 +453,111 @@ def test_mixed_precision_leaves_the_finite_differences_in_fp32(hvp, expected):
     first = [_bilevel(model, ("val", "ood"), weighting="fixed:1,1", first_order=True, autocast=ac).gradients(
         batch, lr=LR)[1] for ac in (None, lambda: torch.autocast("cpu", dtype=torch.bfloat16))]
     assert float(torch.nn.functional.cosine_similarity(first[0], first[1], dim=0)) > 0.95
+
+
+@pytest.mark.parametrize("objectives", [ALL, ("adv", "val", "params", "flops")])
+def test_clean_start_fgsm_is_the_authors_and_saves_a_pass(objectives, cost_model):
+    """--fgsm-start clean: the gradient at the clean validation input, from the val objective's own backward when
+    val comes first (one forward fewer), else from a pass of its own; the same example either way."""
+    model, batch = _model(), _batch()
+    spec = "fixed:" + ",".join(["1", "2", "3", "0.5", "0.25"][:len(objectives)])
+    forwards = []
+    model.classifier.register_forward_hook(lambda m, i, out: forwards.append(1))
+    counts = {}
+    for start in ("random", "clean"):
+        forwards.clear()
+        step = _bilevel(model, objectives, weighting=spec, cost_model=cost_model, hvp="central", fgsm_start=start)
+        _, combined, res = step.gradients(batch, lr=LR, generator=torch.Generator().manual_seed(7))
+        counts[start] = len(forwards)
+        _, combined_hand, losses, _ = _by_hand(model, batch, objectives, _fixed(spec), hvp="central",
+                                               cost_model=cost_model, fgsm_start=start)
+        _close(combined, combined_hand)
+        assert res.losses == pytest.approx(losses, rel=1e-10)
+    saved = 1 if objectives[0] == "val" else 0
+    assert counts["clean"] == counts["random"] - saved
+    with pytest.raises(ValueError, match="unknown FGSM start 'middle'; choose from random, clean"):
+        _bilevel(model, objectives, cost_model=cost_model, fgsm_start="middle")
+
+
+def _pruned_pc_model():
+    """PC-DARTS (half the channels per edge, edge betas) with P-DARTS-pruned ops: unused weights, 4 arch tensors."""
+    model = _model(partial_channels=2)
+    with torch.no_grad():
+        for b in (model.beta_normal, model.beta_reduce):
+            b.normal_(0, 0.5)
+    normal = torch.ones(14, len(PRIMS), dtype=torch.bool)
+    normal[::2, PRIMS.index("sep_conv_3x3")] = False  # every other edge loses its conv: its weights go unused
+    reduce = torch.ones(14, len(PRIMS), dtype=torch.bool)
+    reduce[1::3, PRIMS.index("max_pool_3x3")] = False
+    model.set_masks(normal, reduce)
+    return model
+
+
+ORDER = ("params", "val", "ood", "adv", "flops")  # an architecture-only objective first
+
+
+@pytest.mark.parametrize("hvp", ["central", "forward"])
+def test_step_on_a_pruned_partial_channel_supernet_with_an_adversarial_lower_level(hvp, cost_model):
+    """PC-DARTS betas (the cost estimate's keep weights), pruned ops (unused weights), AT in the lower level through
+    the finite-difference passes, a non-default FGSM step, an architecture objective listed first; then step()
+    applies the update to all four architecture tensors."""
+    spec = "fixed:0.5,1,2,3,0.25"
+    model, batch = _pruned_pc_model(), _batch()
+    assert len(model.arch_parameters()) == 4
+    step = _bilevel(model, ORDER, weighting=spec, cost_model=cost_model, hvp=hvp, ll_adv=True, fgsm_step=1.0)
+    g, combined, res = step.gradients(batch, lr=LR, generator=torch.Generator().manual_seed(7))
+    g_hand, combined_hand, losses, lower = _by_hand(model, batch, ORDER, _fixed(spec), hvp=hvp, ll_adv=True,
+                                                    cost_model=cost_model, fgsm_step=1.0)
+    for a, b in zip(g, g_hand, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    _close(combined, combined_hand)
+    assert res.lower_loss == pytest.approx(lower, rel=1e-12) and res.losses == pytest.approx(losses, rel=1e-10)
+    n, m = (t.detach() for t in cost_model.expected_cost(*model.cost_inputs()))
+    assert (res.params_m, res.macs_m) == pytest.approx((float(n), float(m)), rel=1e-12)
+    # step(): the same update (same FGSM draws from the generator), sliced back into the four tensors
+    model2 = _pruned_pc_model()
+    a_opt = torch.optim.SGD(model2.arch_parameters(), lr=0.5)
+    stepper = _bilevel(model2, ORDER, weighting=spec, cost_model=cost_model, hvp=hvp, ll_adv=True, fgsm_step=1.0,
+                       a_opt=a_opt, grad_clip=1e6)
+    before = _flat([a.detach().clone() for a in model2.arch_parameters()])
+    stepper.step(batch, lr=LR, generator=torch.Generator().manual_seed(7))
+    _close(_flat([a.detach() for a in model2.arch_parameters()]), before - 0.5 * combined_hand)
+
+
+def test_defaults_are_the_papers_and_errors_are_exact(cost_model):
+    model = _model()
+    w_opt = torch.optim.SGD(model.weight_parameters(), lr=LR)
+    a_opt = torch.optim.Adam(model.arch_parameters())
+    step = BilevelStep(model, objectives=make_objectives(("val",)), weighting=Weighting(), cost_model=None,
+                       w_optimizer=w_opt, a_optimizer=a_opt)
+    assert (step.eps, step.fgsm_step, step.grad_clip, step.hvp_eps, step.hvp) == (2 / 255, 1.25, 5.0, 0.01, "forward")
+    assert (step.first_order, step.ll_ood, step.ll_adv, step.ll_ood_weight, step.a_grad_clip) == (
+        False, True, False, 1.0, None)
+    assert step.fgsm_start == "random"
+    with pytest.raises(ValueError, match=r"^the params/flops objectives need a cost model$"):
+        _bilevel(model, ("val", "params"))
+    with pytest.raises(ValueError, match=r"^the latency objective needs a latency table and a bound$"):
+        _bilevel(model, ("val", "latency"))
+    with pytest.raises(ValueError, match=r"^fixed weighting has 1 weights for 2 objectives \(val, ood\)$"):
+        _bilevel(model, ("val", "ood"), weighting="fixed:1").gradients(_batch(), lr=LR)
+
+
+def test_a_zero_second_order_direction_has_a_zero_product():
+    model, batch = _model(), _batch()
+    step = _bilevel(model, ("val",), weighting="fixed:1", hvp="central")
+    zero = [torch.zeros_like(p) for p in step.weights]
+    out = step._hvp(zero, batch, None, [], (torch.get_rng_state(), None))
+    assert [tuple(h.shape) for h in out] == [tuple(a.shape) for a in step.alphas]
+    assert all(bool((h == 0).all()) for h in out)
+
+
+def test_weight_step_record_and_two_diverged_objectives():
+    model, batch = _model(), _batch()
+    step = _bilevel(model, ("val", "ood"), weighting="fixed:1,1", first_order=True)
+    res = step.weight_step(batch)
+    assert res.effective == {} and res.dropped == [] and res.latency_ms is None
+    assert res.params_m != res.params_m and res.macs_m != res.macs_m  # nan: a weight step estimates no cost
+    bad = StepBatch(batch.x_train, batch.y_train, batch.x_val * float("nan"), batch.y_val, batch.x_ood_lower,
+                    batch.x_ood_upper * float("nan"))
+    with pytest.raises(DivergenceError, match=r"^objective\(s\) val, ood became NaN/Inf; the last good checkpoint"):
+        step.gradients(bad, lr=LR)

@@ -44,3 +44,16 @@ def fgsm(model: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_si
     """Fast FGSM: random start U(-eps, eps), one step of ``step_size`` (default 1.25 eps), clipped to eps, [0, 1]."""
     return pgd(model, x, y, eps=eps, steps=1, step_size=1.25 * eps if step_size is None else step_size,
                random_start=random_start, generator=generator)
+
+
+def fgsm_from_gradient(x: torch.Tensor, grad: torch.Tensor, *, eps: float, step_size: float,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+    """The authors' search-time FGSM: a uniform start in the eps-ball, one ``step_size`` step along the sign of
+    ``grad`` (the loss gradient at the clean input ``x``), clipped to the ball and to [0, 1].
+
+    Fast FGSM (:func:`fgsm`) takes the gradient at the random start instead; this variant reuses a gradient the
+    caller already has (the validation objective's own backward), one forward/backward pass fewer."""
+    x = x.detach()
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) if generator is not None else torch.rand_like(x)
+    delta = ((noise.to(x.device) * 2 - 1) * eps + step_size * grad.sign()).clamp(-eps, eps)
+    return (x + delta).clamp(0, 1).detach()

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from e2rnas.errors import E2RNASError
-from e2rnas.evaluation.attacks import fgsm
+from e2rnas.evaluation.attacks import fgsm, fgsm_from_gradient
 from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import Objective, ObjectiveContext, ood_kl_uniform
 from e2rnas.space.cost import CostModel
@@ -57,6 +57,9 @@ class StepResult:
 
 
 HVP_SCHEMES = ("central", "forward")
+#: where the upper level's FGSM takes its gradient: "random" at the random start (fast FGSM, the paper's [21]);
+#: "clean" at the clean input, from the val objective's own backward (the authors' code; one pass fewer)
+FGSM_STARTS = ("random", "clean")
 
 
 class BilevelStep:
@@ -70,8 +73,11 @@ class BilevelStep:
                  ll_ood_weight: float = 1.0, a_grad_clip: float | None = None, latency_table=None,
                  latency_bound_ms: float | None = None,
                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
-                 autocast: Callable[[], AbstractContextManager] | None = None):
+                 autocast: Callable[[], AbstractContextManager] | None = None, fgsm_start: str = "random"):
         self.model = model
+        if fgsm_start not in FGSM_STARTS:
+            raise ValueError(f"unknown FGSM start {fgsm_start!r}; choose from {', '.join(FGSM_STARTS)}")
+        self.fgsm_start = fgsm_start
         # mixed precision (search --amp bf16): the lower-level pass, FGSM and the objectives run under it; the
         # finite-difference passes of the second-order term never do (r v is below bf16's resolution)
         self._autocast = autocast or nullcontext
@@ -204,10 +210,13 @@ class BilevelStep:
         theta = self._unrolled(g, lr) if second_order else None
         forward = self._amp(self._forward(theta))
         names = [o.name for o in self.objectives]
-        x_adv = None
-        if "adv" in names:  # made at theta', where L_adv is evaluated (eq. 4 at the unrolled weights)
-            x_adv = fgsm(forward, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
-                         generator=generator)
+        x_adv, x_val = None, batch.x_val
+        # "clean": the val objective's backward also gives the input gradient (val must come before adv)
+        reuse = self.fgsm_start == "clean" and "adv" in names and "val" in names[:names.index("adv")]
+        if reuse:
+            x_val = batch.x_val.detach().requires_grad_(True)
+        elif "adv" in names:  # made at theta', where L_adv is evaluated (eq. 4 at the unrolled weights)
+            x_adv = self._fgsm_val(forward, batch, generator)
         params_m = macs_m = None
         if self.cost_model is not None:
             a_normal, a_reduce, keep = model.cost_inputs()
@@ -215,7 +224,7 @@ class BilevelStep:
         latency_ms = None
         if self.latency_table is not None:
             latency_ms = self.latency_table.expected_ms(*model.cost_inputs())
-        ctx = ObjectiveContext(forward=forward, x_val=batch.x_val, y_val=batch.y_val, x_adv=x_adv,
+        ctx = ObjectiveContext(forward=forward, x_val=x_val, y_val=batch.y_val, x_adv=x_adv,
                                x_ood=batch.x_ood_upper, params_m=params_m, macs_m=macs_m,
                                params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m,
                                latency_ms=latency_ms, latency_bound_ms=self.latency_bound_ms)
@@ -226,8 +235,13 @@ class BilevelStep:
             losses.append(loss.detach())
             wrt = list(self.alphas) + (theta if (second_order and obj.uses_weights) else [])
             n_arch -= not obj.uses_weights
-            grads = torch.autograd.grad(loss, wrt, allow_unused=True, materialize_grads=True,
-                                        retain_graph=not obj.uses_weights and n_arch > 0)
+            with_input = reuse and obj.name == "val"
+            grads = torch.autograd.grad(loss, wrt + ([x_val] if with_input else []), allow_unused=True,
+                                        materialize_grads=True, retain_graph=not obj.uses_weights and n_arch > 0)
+            if with_input:
+                *grads, x_grad = grads
+                ctx = replace(ctx, x_val=batch.x_val, x_adv=fgsm_from_gradient(
+                    batch.x_val, x_grad, eps=self.eps, step_size=self.fgsm_step * self.eps, generator=generator))
             alpha_grads.append(torch.cat([t.reshape(-1) for t in grads[:len(self.alphas)]]))
             theta_grads.append(grads[len(self.alphas):] if obj.uses_weights else None)
         _check_finite(dict(zip(names, losses, strict=True)))
@@ -258,6 +272,16 @@ class BilevelStep:
             dropped=dropped,
         )
         return g, combined, result
+
+    def _fgsm_val(self, forward, batch: StepBatch, generator: torch.Generator | None) -> torch.Tensor:
+        """The FGSM example of the validation batch at ``forward``'s weights, in its own pass."""
+        if self.fgsm_start == "random":
+            return fgsm(forward, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
+                        generator=generator)
+        x = batch.x_val.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(forward(x), batch.y_val), x)
+        return fgsm_from_gradient(batch.x_val, grad, eps=self.eps, step_size=self.fgsm_step * self.eps,
+                                  generator=generator)
 
     def _apply_weight_step(self, g: list[torch.Tensor]) -> None:
         for p, gp in zip(self.weights, g, strict=True):

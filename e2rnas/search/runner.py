@@ -26,7 +26,7 @@ from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_de
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
 from e2rnas.run.provenance import provenance
-from e2rnas.search.bilevel import HVP_SCHEMES, BilevelStep, StepBatch, StepResult
+from e2rnas.search.bilevel import FGSM_STARTS, HVP_SCHEMES, BilevelStep, StepBatch, StepResult
 from e2rnas.search.derive import (
     DERIVE_RULES,
     Derivation,
@@ -91,6 +91,9 @@ class SearchConfig:
     search_cutout: int = 0  # cutout side during search (0: off; the authors' command used 16)
     eps: float = 2 / 255
     fgsm_step: float = 1.25
+    # upper-level FGSM gradient at the random start ("random", fast FGSM as the paper's [21]) or at the clean input
+    # from the val objective's own backward ("clean", the authors' code: one pass fewer)
+    fgsm_start: str = "random"
     params_bound: float = 2.5  # L, M params of the deploy network
     flops_bound: float = 425.0  # F, M MACs (multiply-adds) of the deploy network
     deploy_layers: int = 20
@@ -157,6 +160,8 @@ class SearchConfig:
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
         Weighting(self.weighting, self.normalization, self.mgda_max_iter, self.mgda_update)
+        if self.fgsm_start not in FGSM_STARTS:
+            raise ValueError(f"unknown fgsm_start {self.fgsm_start!r}; choose from {', '.join(FGSM_STARTS)}")
         if self.amp == "fp16":
             raise ValueError("amp fp16 needs a gradient scaler, which the bi-level step's per-objective gradients "
                              "do not use: use --amp bf16 or tf32 (docs/amp.md)")
@@ -315,7 +320,7 @@ class SearchRun:
             hvp=cfg.hvp, hvp_eps=cfg.hvp_eps, ll_ood_weight=cfg.ll_ood_weight, a_grad_clip=cfg.a_grad_clip,
             latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms,
             reduce=functools.partial(mean_all_reduce, info=self.dist) if self.dist.active else None,
-            autocast=self.precision.autocast if cfg.amp == "bf16" else None)
+            autocast=self.precision.autocast if cfg.amp == "bf16" else None, fgsm_start=cfg.fgsm_start)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -385,7 +390,8 @@ class SearchRun:
         if not self.checkpoint_path.is_file():
             raise E2RNASError(f"nothing to resume: {self.checkpoint_path} does not exist (drop --resume to start)")
         blob = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
-        saved = {"amp": "off"} | dict(blob["config"])  # checkpoints from before the amp setting searched in fp32
+        # checkpoints from before these settings searched in fp32 with fast FGSM
+        saved = {"amp": "off", "fgsm_start": "random"} | dict(blob["config"])
         if saved != self.cfg.as_dict():
             changed = sorted(k for k in saved if saved[k] != self.cfg.as_dict().get(k))
             raise E2RNASError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)}); "
