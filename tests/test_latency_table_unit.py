@@ -22,7 +22,7 @@ from e2rnas.space.ops import PRIMITIVES
 TINY = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
 #: (C, size in, reduction) of the five cells of TINY: C doubles and the resolution halves at cells 1 and 3
 CELLS = [(8, 16, False), (16, 16, True), (16, 8, False), (32, 8, True), (32, 4, False)]
-FIXED = 0.75
+FIXED = 0.7512345678901  # not a float32 number: the fixed part must stay float64
 SCALE = {"sep_conv_3x3": 1.5, "max_pool_3x3": 0.5}
 #: in-degree order of the 14 edges: node i has inputs 0 .. i+1
 EDGES = [(node, inp) for node in range(4) for inp in range(2 + node)]
@@ -224,6 +224,9 @@ def test_bad_dicts_are_one_line_errors(data, message) -> None:
     with pytest.raises(LatencyTableError) as err:
         LatencyTable.from_dict(data, where="here")
     assert str(err.value) == message
+    with pytest.raises(LatencyTableError) as err:
+        LatencyTable.from_dict(data)
+    assert str(err.value) == "latency table" + message[len("here"):]
 
 
 def test_bad_files(tmp_path) -> None:
