@@ -13,6 +13,7 @@ import shutil
 import pytest
 import torch
 from _deploy_helpers import export_onnx, train_digits_model
+from _sshd import sshd  # noqa: F401 - fixture
 
 from e2rnas.deploy_targets.budget import (
     FORMAT,
@@ -270,3 +271,145 @@ def test_find_run_layouts_and_records(run, tmp_path):
         find_run(tmp_path / "nothing")
     assert str(err.value) == (f"no model found at {tmp_path / 'nothing'}: give a model.pt, a train run directory or "
                               "a pipeline run directory holding train/model.pt")
+
+
+def _npz(path, *, size: int, n: int = 200, classes: int = 5, seed: int = 0):
+    """A real .npz image set (uint8 NHWC ``x``, int ``y``) of random images at ``size`` px."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    np.savez(path, x=rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), y=np.arange(n) % classes)
+    return path
+
+
+def test_data_options_reach_the_evaluation(run, tmp_path):
+    """dataset / ood_dataset / seed / max_samples go to the evaluation; a 32 px set is resized to the model's 16."""
+    test = _npz(tmp_path / "test.npz", size=32)
+    ood = _npz(tmp_path / "ood.npz", size=32, seed=1)
+    result = check(run, budget=Budget(min_accuracy=0.0, min_aupr=0.0), target=CPU, dataset=f"npz:{test}",
+                   ood_dataset=f"npz:{ood}", max_samples=30, seed=3, **FAST)
+    info = result["data"]
+    assert info["dataset"] == f"npz:{test}" and info["ood_dataset"] == f"npz:{ood}"
+    assert info["test_images"] == 30 and info["protocol"]["seed"] == 3 and info["protocol"]["max_samples"] == 30
+    lines = _lines(result)
+    assert 0 <= lines["min_accuracy"]["measured"] <= 1 and 0 <= lines["min_aupr"]["measured"] <= 1
+    default = check(run, budget=Budget(min_accuracy=0.0), target=CPU, max_samples=30, **FAST)
+    assert default["data"]["protocol"]["seed"] == 0 and default["data"]["dataset"] == "digits"
+
+
+def test_pgd_alone_is_measured_with_its_clean_accuracy_and_aupr_on_the_embedded_ood_set(run, by_hand):
+    result = check(run, budget=Budget(min_pgd_accuracy=0.0, min_aupr=0.0), target=CPU, **FAST)
+    lines = _lines(result)
+    assert list(lines) == ["min_pgd_accuracy", "min_aupr"]
+    assert 0 <= lines["min_pgd_accuracy"]["measured"] < by_hand["accuracy"]
+    assert 0.0 < lines["min_aupr"]["measured"] <= 1.0 and result["data"]["ood_images"] > 0
+
+
+def test_reuse_eval_is_off_by_default(run, tmp_path):
+    root = tmp_path / "r"
+    root.mkdir()
+    shutil.copy(run / "model.pt", root / "model.pt")
+    (root / "eval.json").write_text(json.dumps({"clean_acc": 0.01}))
+    result = check(root, budget=Budget(min_accuracy=0.5), target=CPU, **FAST)
+    assert result["eval_source"] == "evaluate() on model.pt (cpu)" and _lines(result)["min_accuracy"]["passed"]
+
+
+def test_every_deploy_shape_difference_is_named(run, tmp_path):
+    from e2rnas.model_io import load_model, save_model
+
+    loaded = load_model(run / "model.pt")
+    other = {**SEARCH, "deploy_shape": {"layers": 8, "C": 16, "num_classes": 10, "input_size": 32}, "warnings": []}
+    save_model(tmp_path / "model.pt", model=loaded.model, genotype=loaded.genotype, spec=loaded.spec,
+               data={"dataset": "digits", "num_classes": 5}, search=other)
+    (note,) = check(tmp_path / "model.pt", budget=Budget(max_params_m=1), target=CPU, **FAST)["notes"]
+    assert note == ("the search costed another deploy shape than this model: {'layers': (8, 3), 'C': (16, 4), "
+                    "'num_classes': (10, 5), 'input_size': (32, 16)} (search, model)")
+
+
+def test_a_local_engine_is_checked_against_this_machine(tmp_path):
+    """A TensorRT engine chosen for a local check must have been built for this GPU: here there is none."""
+    engine = _engine(tmp_path, "model.trt10.8.0.43.sm90.h200.fp16.engine",
+                     {"identity": {"name": "NVIDIA H200", "sm": "9.0", "tensorrt": "10.8.0.43"},
+                      "profile": {"min": 1, "opt": 1, "max": 8}})
+    run = _run_files(tmp_path, {"tensorrt-fp16": engine}, {"tensorrt-fp16": [engine]})
+    from e2rnas.deploy_targets.gpu_identity import current_identity, engine_identity_problem
+
+    expected = engine_identity_problem(engine, current_identity())
+    if expected is None:
+        pytest.skip("this machine is the H200 the engine names")
+    with pytest.raises(E2RNASError) as err:
+        choose_artifact(run, Budget(max_latency_ms=1, artifact="tensorrt-fp16"), remote=False)
+    assert str(err.value) == f"none of the 1 engine(s) was built for this device: {expected}"
+
+
+def test_int8_rows_time_the_fp32_file_beside_the_int8_one(run, tmp_path):
+    """An onnx-int8 artifact: its row, and the fp32 ONNX file timed at the same batch (for the slower-than-fp32
+    note); nothing for other artifacts or without a latency."""
+    import numpy as np
+
+    from e2rnas.deploy_targets.budget import _int8_rows
+    from e2rnas.export.onnx_export import quantize_int8
+
+    root = tmp_path / "r"
+    (root / "export").mkdir(parents=True)
+    shutil.copy(run / "model.pt", root / "model.pt")
+    shutil.copy(run / "export" / "model.onnx", root / "export" / "model.onnx")
+    calib = np.random.default_rng(0).random((16, 3, 16, 16), dtype=np.float32)
+    int8_path = root / "export" / "model.int8.onnx"
+    info = quantize_int8(root / "export" / "model.onnx", int8_path, calibration=calib)
+    import onnx
+
+    from e2rnas.export.onnx_export import set_metadata
+
+    model = onnx.load(str(int8_path))  # as the export pipeline records it
+    set_metadata(model, {"precision": "int8", "int8_scheme": info["scheme"]})
+    onnx.save(model, str(int8_path))
+    files = find_run(root)
+    int8 = files.artifacts["onnx-int8"]
+    latency = {"batch": 2, "p50_ms": 1.0}
+    rows = _int8_rows(int8, files, target=CPU, latency=latency, batch=2, threads=1, warmup=0, runs=3, duration=None)
+    assert [r["format"] for r in rows] == ["onnx-int8", "onnx"]
+    assert rows[0]["artifact"] == str(int8) and rows[0]["latency"] == {"2": latency}
+    assert rows[0]["int8_scheme"] == info["scheme"]
+    assert rows[1]["artifact"] == str(root / "export" / "model.onnx") and rows[1]["latency"]["2"]["batch"] == 2
+    assert rows[1]["latency"]["2"]["runs"] == 3 and rows[1]["status"] == "ok"
+    no_latency = _int8_rows(int8, files, target=CPU, latency=None, batch=2, threads=1, warmup=0, runs=3,
+                            duration=None)
+    assert no_latency == [{**rows[0], "latency": {}}]
+    assert _int8_rows(files.artifacts["onnx"], files, target=CPU, latency=latency, batch=2, threads=1, warmup=0,
+                      runs=3, duration=None) == []
+    assert _int8_rows(None, files, target=CPU, latency=latency, batch=2, threads=1, warmup=0, runs=3,
+                      duration=None) == []
+    result = check(root, budget=Budget(max_latency_ms=1e4, artifact="onnx-int8"), target=CPU, **FAST)
+    assert result["artifact"] == str(int8) and _lines(result)["max_latency_ms"]["source"] == "onnx-int8 on cpu"
+    for note in (n for n in result["notes"] if "int8" in n):
+        assert "model.int8.onnx" in note  # a slower-than-fp32 or saturation note names the file
+
+
+@pytest.mark.ssh
+def test_a_remote_target_times_the_onnx_file_on_the_device_and_evaluates_here(run, sshd):  # noqa: F811
+    """Over a real OpenSSH server on loopback: latency from the device at the budget's batch and percentile,
+    accuracy from model.pt on this machine (the device cannot hold the data); a device failure is the error."""
+    from e2rnas.deploy_targets.profiles import Target
+    from e2rnas.deploy_targets.remote import SshConfig
+
+    loopback = Target("loopback", "this machine over SSH", remote=True, backends=("onnxruntime",))
+    ssh = SshConfig(sshd.host, port=sshd.port, identity=sshd.identity, known_hosts=sshd.known_hosts,
+                    remote_python=sshd.remote_python, connect_timeout=5)
+    budget = Budget(max_latency_ms=1e4, latency_batch=2, latency_percentile=95, min_accuracy=0.5)
+    result = check(run, budget=budget, target=loopback, ssh=ssh, warmup=1, runs=4, threads=1)
+    lines = _lines(result)
+    assert result["artifact"] == str(run / "export" / "model.onnx")
+    assert result["latency"]["batch"] == 2 and result["latency"]["runs"] == 4
+    assert lines["max_latency_ms"]["measured"] == result["latency"]["p95_ms"] > 0
+    assert lines["max_latency_ms"]["source"] == "onnx on loopback"
+    assert result["eval_source"] == "evaluate() on model.pt here (remote target)"
+    assert lines["min_accuracy"]["measured"] > 0.5 and result["passed"]
+    # the search's table was measured on cpu: not this target
+    assert any("this check measures loopback at batch 2" in n for n in result["notes"])
+    wrong = SshConfig(sshd.host, port=sshd.port, identity=sshd.wrong_identity, known_hosts=sshd.known_hosts,
+                      remote_python=sshd.remote_python, connect_timeout=5)
+    refused = r"^ssh to .* failed .*Permission denied \(publickey\); the key was refused"
+    with pytest.raises(E2RNASError, match=refused) as err:
+        check(run, budget=Budget(max_latency_ms=1e4), target=loopback, ssh=wrong, warmup=1, runs=2, threads=1)
+    assert "\n" not in str(err.value)
