@@ -374,6 +374,11 @@ def test_an_unfinished_integer_program_is_an_error_not_a_genotype(monkeypatch):
     assert str(err.value) == ("the derivation's integer program did not finish (Time limit reached. (HiGHS Status "
                               "13)); please report this")
     assert not isinstance(err.value, BudgetInfeasibleError)
+    # a limit hit before any feasible point is not an infeasibility either
+    monkeypatch.setattr(scipy.optimize, "milp", lambda c, **kw: OptimizeResult(status=1, x=None, message="limit"))
+    with pytest.raises(E2RNASError, match=r"did not finish \(limit\)") as err:
+        derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0)])
+    assert not isinstance(err.value, BudgetInfeasibleError)
     # status 2 (infeasible) on the derivation itself; the error's cost ranges then come from real solves
     monkeypatch.undo()
     real, calls = scipy.optimize.milp, []
@@ -385,3 +390,43 @@ def test_an_unfinished_integer_program_is_an_error_not_a_genotype(monkeypatch):
     monkeypatch.setattr(scipy.optimize, "milp", infeasible_first)
     with pytest.raises(BudgetInfeasibleError, match="cost units 1-17 u"):
         derive_budget(_conv_first(), PRIMITIVES, [_unit_cost(upper=4.0)])
+
+
+def test_log_strengths_rule_out_zero_weights():
+    logs = log_strengths(torch.tensor([[0.0, 0.5, 1e-320]], dtype=torch.float64))
+    assert logs[0, 0] == -np.inf and logs[0, 1] == pytest.approx(np.log(0.5)) and np.isfinite(float(logs[0, 2]))
+
+
+def test_darts_rule_record_and_its_skip_cap():
+    d = derive_darts(_skip_first(), PRIMITIVES, [_unit_cost()], max_skips_normal=2)
+    assert d.rule == "darts" and d.as_dict()["rule"] == "darts"
+    assert [op for op, _ in d.genotype.normal].count("skip_connect") == 2
+
+
+def test_infeasible_caps_are_named_from_the_solve_and_the_pre_search_check():
+    two = [_unit_cost(upper=0.5), AdditiveCost("other", "v", 0.0, _unit_cost().tables, upper=0.25)]
+    for call in (lambda: derive_budget(_skip_first(), PRIMITIVES, two, max_skips_normal=2, max_free_normal=3),
+                 lambda: check_feasible(two, PRIMITIVES, max_skips_normal=2, max_free_normal=3)):
+        with pytest.raises(BudgetInfeasibleError) as err:
+            call()
+        assert str(err.value).startswith("no genotype with <= 2 skips and <= 3 pools/skips in the normal cell meets "
+                                         "units <= 0.5 u, other <= 0.25 v on this deploy network")
+    # feasible without the caps, infeasible with either: the check passes them on
+    nine = [_unit_cost(upper=3.0)]  # at most 2 convs: needs 14 parameter-free edges
+    check_feasible(nine, PRIMITIVES)
+    for caps in (dict(max_skips_normal=0), dict(max_free_normal=5)):
+        with pytest.raises(BudgetInfeasibleError):
+            check_feasible(nine, PRIMITIVES, **caps)
+
+
+def test_violation_tolerance_is_relative_above_one_and_absolute_below():
+    from e2rnas.search.derive import _violations
+
+    g = GENOTYPES["DARTS_V2"]
+    small = AdditiveCost("units", "u", 0.01, {k: v * 0.01 for k, v in _unit_cost().tables.items()})
+    cost = small.of(g, PRIMITIVES)
+    assert cost < 1
+    over = AdditiveCost("units", "u", small.fixed, small.tables, upper=cost - 1.5e-9)
+    assert set(_violations(g, [over], PRIMITIVES)) == {"units:upper"}  # 1.5e-9 past: more than 1e-9 absolute
+    under = AdditiveCost("units", "u", small.fixed, small.tables, lower=cost + 1.5e-9)
+    assert set(_violations(g, [under], PRIMITIVES)) == {"units:lower"}

@@ -130,9 +130,9 @@ def _solve(objective: np.ndarray, triples: list[tuple[str, int, int]], costs: Se
         hi.append(np.inf if c.upper is None else c.upper - c.fixed - tighten.get(c.name + ":upper", 0.0))
     res = milp(c=objective, constraints=LinearConstraint(np.array(rows), np.array(lo), np.array(hi)),
                integrality=np.ones(n), bounds=Bounds(0, 1), options={"mip_rel_gap": 0.0, "time_limit": 120.0})
-    if res.status == 2 or res.x is None:  # infeasible
+    if res.status == 2:  # infeasible
         return None
-    if res.status != 0:
+    if res.status != 0 or res.x is None:  # a limit hit, with or without a feasible point: not an optimum
         raise E2RNASError(f"the derivation's integer program did not finish ({res.message}); please report this")
     return np.round(res.x).astype(int)
 
