@@ -71,8 +71,9 @@ def child_authors(threads: int, steps: int) -> dict:
     arch = Architect(model, args)
     opt = torch.optim.SGD(model.parameters(), 0.025, momentum=0.9, weight_decay=3e-4)
     g = torch.Generator().manual_seed(0)
-    x, xv, xo = (torch.rand(n, 3, s, s, generator=g) for _ in range(3))
-    y, yv = (torch.randint(0, k, (n,), generator=g) for _ in range(2))
+    x, y = torch.rand(n, 3, s, s, generator=g), torch.randint(0, k, (n,), generator=g)
+    xv, yv = torch.rand(n, 3, s, s, generator=g), torch.randint(0, k, (n,), generator=g)
+    xo = torch.rand(n, 3, s, s, generator=g)
     eps = torch.full((3, 1, 1), 2 / 255 / 0.25)
     lim = torch.full((3, 1, 1), 2.0)
 
