@@ -3,6 +3,7 @@
     .venv/bin/python tools/mutation.py mgda            # one module
     .venv/bin/python tools/mutation.py all             # every module in MODULES, one after the other
     .venv/bin/python tools/mutation.py mgda --keep     # reuse earlier results (mutmut then re-runs only what changed)
+    .venv/bin/python tools/mutation.py budget --survivors   # new tests: re-run only the last run's survivors
 
 Why a staging directory: mutmut 3 copies the sources into ``mutants/`` and names each mutant after the file's path
 (``e2rnas/space/cost.py`` -> ``e2rnas.space.cost``); its trampoline applies a mutant only when that name equals the
@@ -110,10 +111,14 @@ def survivors(work: Path) -> list[str]:
     return [line.split(":")[0].strip() for line in out.splitlines() if "__mutmut_" in line]
 
 
-def run(module: str, *, keep: bool) -> dict[str, int]:
-    work = stage(module, keep=keep)
+def run(module: str, *, keep: bool, survivors_only: bool = False) -> dict[str, int]:
+    """Mutate ``module`` and run its tests; ``survivors_only``: keep the last results and re-run only the mutants
+    that survived them (the tests changed, the source did not: a killed mutant stays killed)."""
+    names = survivors(STAGE / module) if survivors_only and (STAGE / module / "mutants").is_dir() else []
+    work = stage(module, keep=keep or bool(names))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1"], cwd=work, env=env, check=True)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=work, env=env,
+                   check=True)
     found = counts(work)
     total = sum(found.values())
     killed = found.get("killed", 0) + found.get("timeout", 0)
@@ -127,10 +132,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="+", choices=[*MODULES, "all"])
     parser.add_argument("--keep", action="store_true", help="reuse the staged copy and earlier results")
+    parser.add_argument("--survivors", action="store_true",
+                        help="re-run only the previous run's survivors (after adding tests; the source unchanged)")
     args = parser.parse_args()
     modules = list(MODULES) if "all" in args.modules else args.modules
     for module in modules:
-        run(module, keep=args.keep)
+        run(module, keep=args.keep, survivors_only=args.survivors)
 
 
 if __name__ == "__main__":
