@@ -106,3 +106,25 @@ def test_read_eval_json(tmp_path):
     path.write_text("{oops")
     with pytest.raises(E2RNASError, match=r"eval.json is not valid JSON \(Expecting"):
         read_eval_json(path)
+
+
+def test_load_budget_reads_a_file_and_names_it_in_errors(tmp_path):
+    from e2rnas.deploy_targets.budget import default_budget_path, load_budget
+
+    path = tmp_path / "budget.yaml"
+    path.write_text("max_params_m: 0.5\nmax_latency_ms: 3\nlatency_batch: 4\n")
+    assert load_budget(path) == Budget(max_params_m=0.5, max_latency_ms=3, latency_batch=4)
+    assert load_budget(str(path)) == load_budget(path)
+    path.write_text("max_params_m: [1\n")
+    with pytest.raises(BudgetError, match=rf"^{path} is not valid YAML: "):
+        load_budget(path)
+    path.write_text("max_params_m: -1\n")
+    with pytest.raises(BudgetError) as err:
+        load_budget(path)
+    assert str(err.value) == f"{path}: max_params_m must be >= 0, got -1"
+    with pytest.raises(BudgetError) as err:
+        load_budget(tmp_path / "none.yaml")
+    assert str(err.value) == f"budget file not found: {tmp_path / 'none.yaml'}"
+    shipped = default_budget_path()
+    assert (shipped.parent.parent.name, shipped.parent.name, shipped.name) == ("e2rnas", "budgets", "default.yaml")
+    assert load_budget(shipped).limits  # the shipped budget parses and sets limits
