@@ -368,7 +368,7 @@ def test_int8_rows_time_the_fp32_file_beside_the_int8_one(run, tmp_path):
     int8 = files.artifacts["onnx-int8"]
     latency = {"batch": 2, "p50_ms": 1.0}
     rows = _int8_rows(int8, files, target=CPU, latency=latency, batch=2, threads=1, warmup=0, runs=3, duration=None)
-    assert [r["format"] for r in rows] == ["onnx-int8", "onnx"]
+    assert [r["format"] for r in rows] == ["onnx-int8", "onnx"] and rows[0]["status"] == "ok"
     assert rows[0]["artifact"] == str(int8) and rows[0]["latency"] == {"2": latency}
     assert rows[0]["int8_scheme"] == info["scheme"]
     assert rows[1]["artifact"] == str(root / "export" / "model.onnx") and rows[1]["latency"]["2"]["batch"] == 2
@@ -413,3 +413,56 @@ def test_a_remote_target_times_the_onnx_file_on_the_device_and_evaluates_here(ru
     with pytest.raises(E2RNASError, match=refused) as err:
         check(run, budget=Budget(max_latency_ms=1e4), target=loopback, ssh=wrong, warmup=1, runs=2, threads=1)
     assert "\n" not in str(err.value)
+
+
+def test_find_run_follows_the_genotype_source_first_and_stays_inside_the_run(run, tmp_path):
+    """The search record: model.pt's meta, else its genotype_source's summary.json, else the pipeline's; a plain
+    run never reads its parent folder; TensorRT engines and plans are artifacts too."""
+    from e2rnas.model_io import load_model, save_model
+
+    loaded = load_model(run / "model.pt")
+    pipe = tmp_path / "pipe"
+    for d in ("train", "search", "export", "elsewhere"):
+        (pipe / d).mkdir(parents=True)
+    (pipe / "elsewhere" / "summary.json").write_text(json.dumps({"params_bound_m": 0.7}))
+    (pipe / "search" / "summary.json").write_text(json.dumps({"exact_params_m": 0.1}))
+    save_model(pipe / "train" / "model.pt", model=loaded.model, genotype=loaded.genotype, spec=loaded.spec,
+               search={"genotype_source": str(pipe / "elsewhere")})
+    files = find_run(pipe)
+    assert files.search == {"params_bound_m": 0.7} and files.search_from == str(pipe / "elsewhere" / "summary.json")
+    (pipe / "elsewhere" / "summary.json").unlink()  # then the pipeline's own search
+    assert find_run(pipe).search == {"exact_params_m": 0.1}
+    for name in ("model.fp16.engine", "model.int8.plan", "notes.txt"):
+        (pipe / "export" / name).write_bytes(b"x")
+    assert set(find_run(pipe).artifacts) == {"torch", "tensorrt-fp16", "tensorrt-int8"}
+    # a plain train run next to other runs: the parent's search/, eval/ and export/ are not its own
+    plain = tmp_path / "runs" / "r"
+    plain.mkdir(parents=True)
+    for d in ("search", "eval", "export"):
+        (plain.parent / d).mkdir()
+    (plain.parent / "search" / "summary.json").write_text(json.dumps({"params_bound_m": 9.0}))
+    (plain.parent / "eval" / "eval.json").write_text("{}")
+    (plain.parent / "export" / "model.onnx").write_bytes(b"x")
+    save_model(plain / "model.pt", model=loaded.model, genotype=loaded.genotype, spec=loaded.spec)
+    files = find_run(plain)
+    assert files.search == {} and files.eval_json is None and set(files.artifacts) == {"torch"}
+
+
+def test_search_records_flat_or_nested():
+    from e2rnas.deploy_targets.budget import _search_record
+
+    assert _search_record({"params_bound_m": 1.0}) == {"params_bound_m": 1.0}
+    assert _search_record({"exact_params_m": 2.0, "x": 1}) == {"exact_params_m": 2.0, "x": 1}
+    assert _search_record({"summary": {"params_bound_m": 1.0, "y": 2}}) == {"params_bound_m": 1.0, "y": 2}
+    assert _search_record({"summary": {"exact_params_m": 3.0}}) == {"exact_params_m": 3.0}
+    assert _search_record({"summary": {"other": 1}}) == {} and _search_record({"summary": [1]}) == {}
+
+
+def test_a_table_without_a_batch_is_taken_at_the_checked_batch():
+    from e2rnas.deploy_targets.budget import _table_latency
+
+    search = {"lut_key": {"target": "cpu"}, "latency_bound_ms": 3.0, "expected_latency_ms": 2.0,
+              "table_latency_ms": 2.5}
+    notes: list[str] = []
+    assert _table_latency(search, target="cpu", batch=4, notes=notes) == (3.0, 2.0, 2.5) and notes == []
+    assert _table_latency({}, target="cpu", batch=1, notes=notes) == (None, None, None) and notes == []

@@ -48,6 +48,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "latency_table": ("e2rnas/space/latency_table.py", ["tests/test_latency_table_unit.py"]),
     "_io": ("e2rnas/_io.py", ["tests/test_io.py"]),
 }
+#: modules whose tests need more than the default marker selection: budget's remote branch runs against the real
+#: loopback OpenSSH server of tests/_sshd.py (skipped where sshd is missing)
+MARKERS = {"budget": "not slow and not gpu and not trt"}
 #: the installed package layout (pyproject [tool.setuptools] package-dir), flattened
 PACKAGE_DIRS = {"e2rnas": "e2rnas", "export": "e2rnas/export", "cli": "e2rnas/cli",
                 "deploy_targets": "e2rnas/deploy_targets"}
@@ -87,6 +90,10 @@ def stage(module: str, *, keep: bool) -> Path:
     settings = dict(project["tool"]["mutmut"])
     settings["only_mutate"] = [source]
     settings["pytest_add_cli_args_test_selection"] = tests
+    if module in MARKERS:
+        args = list(settings["pytest_add_cli_args"])
+        args[args.index("-m") + 1] = MARKERS[module]
+        settings["pytest_add_cli_args"] = args
     lines = ["[tool.mutmut]"] + [f"{k} = {_toml_value(v)}" for k, v in settings.items()]
     pytest_ini = project["tool"]["pytest"]["ini_options"]
     lines += ["", "[tool.pytest.ini_options]"] + [f"{k} = {_toml_value(v)}" for k, v in pytest_ini.items()]
