@@ -118,14 +118,14 @@ def survivors(work: Path) -> list[str]:
     return [line.split(":")[0].strip() for line in out.splitlines() if "__mutmut_" in line]
 
 
-def run(module: str, *, keep: bool, survivors_only: bool = False) -> dict[str, int]:
+def run(module: str, *, keep: bool, survivors_only: bool = False, children: int = 1) -> dict[str, int]:
     """Mutate ``module`` and run its tests; ``survivors_only``: keep the last results and re-run only the mutants
     that survived them (the tests changed, the source did not: a killed mutant stays killed)."""
     names = survivors(STAGE / module) if survivors_only and (STAGE / module / "mutants").is_dir() else []
     work = stage(module, keep=keep or bool(names))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", "1", *names], cwd=work, env=env,
-                   check=True)
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names], cwd=work,
+                   env=env, check=True)
     found = counts(work)
     total = sum(found.values())
     killed = found.get("killed", 0) + found.get("timeout", 0)
@@ -141,10 +141,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="reuse the staged copy and earlier results")
     parser.add_argument("--survivors", action="store_true",
                         help="re-run only the previous run's survivors (after adding tests; the source unchanged)")
+    parser.add_argument("--children", type=int, default=1, help="mutants run in parallel (default 1: a shared "
+                        "2-core machine)")
     args = parser.parse_args()
     modules = list(MODULES) if "all" in args.modules else args.modules
     for module in modules:
-        run(module, keep=args.keep, survivors_only=args.survivors)
+        run(module, keep=args.keep, survivors_only=args.survivors, children=args.children)
 
 
 if __name__ == "__main__":
