@@ -334,10 +334,10 @@ def test_step_without_an_alpha_clip_takes_the_whole_direction(cost_model):
 @pytest.mark.parametrize("ll_adv", [False, True])
 def test_weight_step_moves_the_weights_alone(ll_adv):
     model, batch = _model(), _batch()
-    step = _bilevel(model, ("val",), weighting="fixed:1", grad_clip=0.05, ll_adv=ll_adv)
+    step = _bilevel(model, ("val",), weighting="fixed:1", grad_clip=0.05, ll_adv=ll_adv, fgsm_step=1.0)
     theta0 = [p.detach().clone() for p in step.weights]
     alpha0 = [a.detach().clone() for a in step.alphas]
-    g, _, _, lower = _by_hand(model, batch, ("val",), [1.0], ll_adv=ll_adv, first_order=True)
+    g, _, _, lower = _by_hand(model, batch, ("val",), [1.0], ll_adv=ll_adv, first_order=True, fgsm_step=1.0)
     res = step.weight_step(batch, generator=torch.Generator().manual_seed(7))
     assert res.lower_loss == pytest.approx(lower, rel=1e-12)
     assert res.losses == {} and res.gammas == {}
