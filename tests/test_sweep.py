@@ -1,14 +1,13 @@
 """``e2rnas sweep``: budget points, the Pareto front, the missing-Ray message, and a 2-trial sweep on a local Ray."""
 
 import json
+import subprocess
 import sys
 import time
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from e2rnas.cli.app import app
 from e2rnas.errors import E2RNASError
 from e2rnas.run.sweep import SweepPoint, pareto_mask, plot_pareto, sweep_points
 
@@ -69,6 +68,14 @@ def test_without_ray_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     assert len(err.splitlines()) == 1 and "pip install 'e2rnas[sweep]'" in err
 
 
+def _sweep_cli(argv: list[str]) -> subprocess.CompletedProcess:
+    """The sweep as a user runs it: its own process. ``ray.init`` forks with a ``preexec_fn``, which is unsafe in a
+    process that already runs many threads (this test session's torch, ONNX Runtime and SSH fixtures): it can
+    deadlock there, never in a fresh CLI process."""
+    return subprocess.run([sys.executable, "-m", "e2rnas.cli.app", *argv], capture_output=True, text=True,
+                          timeout=900)
+
+
 @pytest.mark.slow
 def test_sweep_two_trials_then_resume(tmp_path):
     pytest.importorskip("ray.tune", reason="the sweep needs Ray Tune: pip install 'e2rnas[sweep]'")
@@ -77,8 +84,8 @@ def test_sweep_two_trials_then_resume(tmp_path):
     out = tmp_path / "sweep"
     argv = ["sweep", "--params-bounds", "0.2,0.25", "--config", str(cfg), "--out", str(out), "--num-cpus", "2",
             "--json"]
-    first = CliRunner().invoke(app, argv)
-    assert first.exit_code == 0, first.output + repr(first.exception)
+    first = _sweep_cli(argv)
+    assert first.returncode == 0, first.stdout + first.stderr
     record = json.loads((out / "sweep.json").read_text())
     assert [p["label"] for p in record["points"]] == ["params-0.2", "params-0.25"]
     for p in record["points"]:
@@ -93,12 +100,13 @@ def test_sweep_two_trials_then_resume(tmp_path):
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("trials/*/**/*") if p.is_file()}
     assert any(p.name == "pipeline.json" for p in stamps)
     time.sleep(0.01)
-    second = CliRunner().invoke(app, argv)
-    assert second.exit_code == 0, second.output + repr(second.exception)
+    second = _sweep_cli(argv)
+    assert second.returncode == 0, second.stdout + second.stderr
     assert stamps == {p: p.stat().st_mtime_ns for p in out.glob("trials/*/**/*") if p.is_file()}
     again = json.loads((out / "sweep.json").read_text())
     assert [p["accuracy"] for p in again["points"]] == [p["accuracy"] for p in record["points"]]
 
     # Other points on the same --out: an error, not a silent mix of two sweeps.
-    other = CliRunner().invoke(app, ["sweep", "--params-bounds", "0.2", "--config", str(cfg), "--out", str(out)])
-    assert other.exit_code != 0 and "other points" in str(other.exception)
+    other = _sweep_cli(["sweep", "--params-bounds", "0.2", "--config", str(cfg), "--out", str(out)])
+    assert other.returncode == 2 and "other points" in other.stderr
+    assert other.stderr.strip().count("\n") == 0
