@@ -27,10 +27,7 @@ def pgd(model: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: i
     x = x.detach()
     if eps <= 0 or steps <= 0:
         return x.clone()
-    delta = torch.zeros_like(x)
-    if random_start:
-        noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) if generator is not None else torch.rand_like(x)
-        delta = (noise.to(x.device) * 2 - 1) * eps
+    delta = _uniform_start(x, eps, generator) if random_start else torch.zeros_like(x)
     x_adv = (x + delta).clamp(0, 1)
     for _ in range(steps):
         grad = _input_grad(model, x_adv, y)
@@ -54,6 +51,17 @@ def fgsm_from_gradient(x: torch.Tensor, grad: torch.Tensor, *, eps: float, step_
     Fast FGSM (:func:`fgsm`) takes the gradient at the random start instead; this variant reuses a gradient the
     caller already has (the validation objective's own backward), one forward/backward pass fewer."""
     x = x.detach()
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) if generator is not None else torch.rand_like(x)
-    delta = ((noise.to(x.device) * 2 - 1) * eps + step_size * grad.sign()).clamp(-eps, eps)
+    delta = (_uniform_start(x, eps, generator) + step_size * grad.sign()).clamp(-eps, eps)
     return (x + delta).clamp(0, 1).detach()
+
+
+def fgsm_clean(model: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, step_size: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """:func:`fgsm_from_gradient` with the loss gradient at the clean input taken here (one forward/backward)."""
+    return fgsm_from_gradient(x, _input_grad(model, x, y), eps=eps, step_size=step_size, generator=generator)
+
+
+def _uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
+    """U(-eps, eps) noise shaped as ``x``, from ``generator`` (on the CPU) or torch's global stream."""
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) if generator is not None else torch.rand_like(x)
+    return (noise.to(x.device) * 2 - 1) * eps

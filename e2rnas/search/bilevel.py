@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from e2rnas.errors import E2RNASError
-from e2rnas.evaluation.attacks import fgsm, fgsm_from_gradient
+from e2rnas.evaluation.attacks import fgsm, fgsm_clean, fgsm_from_gradient
 from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import Objective, ObjectiveContext, ood_kl_uniform
 from e2rnas.space.cost import CostModel
@@ -202,7 +202,9 @@ class BilevelStep:
                                step_size=self.fgsm_step * self.eps, generator=generator)
         second_order = not self.first_order
         rng = _rng_snapshot(self.alphas[0].device)
-        wrt = self.weights + (self.alphas if second_order and self.hvp == "forward" else [])
+        # the forward scheme reuses g(theta)'s alpha part, unless autocast made it (then _hvp takes it in fp32)
+        reuse_g0 = second_order and self.hvp == "forward" and self._autocast is nullcontext
+        wrt = self.weights + (self.alphas if reuse_g0 else [])
         lower, grads = self._lower_grads(model, batch, x_train_adv, wrt)
         _check_finite({"lower": lower})
         g, alpha_grad_t = grads[:len(self.weights)], grads[len(self.weights):]
@@ -275,13 +277,9 @@ class BilevelStep:
 
     def _fgsm_val(self, forward, batch: StepBatch, generator: torch.Generator | None) -> torch.Tensor:
         """The FGSM example of the validation batch at ``forward``'s weights, in its own pass."""
-        if self.fgsm_start == "random":
-            return fgsm(forward, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
-                        generator=generator)
-        x = batch.x_val.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(F.cross_entropy(forward(x), batch.y_val), x)
-        return fgsm_from_gradient(batch.x_val, grad, eps=self.eps, step_size=self.fgsm_step * self.eps,
-                                  generator=generator)
+        attack = fgsm if self.fgsm_start == "random" else fgsm_clean
+        return attack(forward, batch.x_val, batch.y_val, eps=self.eps, step_size=self.fgsm_step * self.eps,
+                      generator=generator)
 
     def _apply_weight_step(self, g: list[torch.Tensor]) -> None:
         for p, gp in zip(self.weights, g, strict=True):
