@@ -25,6 +25,7 @@ CONFIGS = {
 }
 MODES = {
     "supernet fwd+bwd (unit)": dict(kind="unit"),
+    "supernet fwd+bwd, per-edge loop (DARTS' layout)": dict(kind="unit", batched=False),
     "DARTS 2nd order (val only)": dict(kind="step", objectives=("val",), first_order=False, ll_ood=False),
     "E2RNAS paper preset (2nd order, central hvp)": dict(kind="step", objectives=("val", "ood", "adv", "params",
                                                                                   "flops"),
@@ -69,6 +70,8 @@ def child(cfg: dict, mode: dict, warmup: int, steps: int, device: str = "cpu") -
 
     dev = torch.device(device)
     model = model.to(dev)
+    for cell in model.cells:  # edge-batched cells (default), or the per-edge loop of DARTS' code
+        cell.batched = mode.get("batched", True)
     batch = StepBatch(*(t.to(dev) for t in (rand(), torch.randint(0, k, (n,), generator=g), rand(),
                                              torch.randint(0, k, (n,), generator=g), rand(), rand())))
     if mode["kind"] == "unit":
@@ -143,7 +146,7 @@ def main() -> None:
                 print(out.stderr, file=sys.stderr)
                 continue
             res = json.loads(out.stdout.strip().splitlines()[-1])
-            if MODES[label]["kind"] == "unit":
+            if MODES[label]["kind"] == "unit" and MODES[label].get("batched", True):
                 unit = res["median_s"]
             ratio = f"{res['median_s'] / unit:.1f}" if unit else "-"
             desc = f"({name}) {args.method} {cfg['layers']} cells C={cfg['C']} b{cfg['batch']} {cfg['size']}px"

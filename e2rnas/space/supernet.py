@@ -12,17 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2rnas.space.edge_batch import cell_forward, channel_shuffle
 from e2rnas.space.genotypes import EDGES_PER_NODE, STEPS, Genotype
 from e2rnas.space.network import Normalize
 from e2rnas.space.ops import OPS, POOLING_OPS, PRIMITIVES, FactorizedReduce, ReLUConvBN
 
 NUM_EDGES = sum(2 + i for i in range(STEPS))  # 14
 ARCH_PARAM_NAMES = ("alpha_normal", "alpha_reduce", "beta_normal", "beta_reduce")
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    n, c, h, w = x.shape
-    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
 class MixedOp(nn.Module):
@@ -75,6 +71,7 @@ class SearchCell(nn.Module):
         self.preprocess0 = FactorizedReduce(C_pp, C, affine=False) if reduction_prev else ReLUConvBN(
             C_pp, C, 1, 1, 0, affine=False)
         self.preprocess1 = ReLUConvBN(C_p, C, 1, 1, 0, affine=False)
+        self.batched = True  # edge_batch.cell_forward; False: the per-edge loop (the reference it is tested against)
         self.edges = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
@@ -84,6 +81,10 @@ class SearchCell(nn.Module):
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
                 edge_weights: torch.Tensor | None, mask: torch.Tensor | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.batched:
+            states = cell_forward(self.edges, self.steps, *states, weights, mask,
+                                  partial=self.edges[0].k, edge_weights=edge_weights)
+            return torch.cat(states[-self.multiplier:], dim=1)
         offset = 0
         for _ in range(self.steps):
             s = 0

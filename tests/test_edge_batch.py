@@ -1,0 +1,151 @@
+"""The edge-batched search cell against the per-edge loop it replaces: same outputs, gradients and BN buffers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from e2rnas.space.edge_batch import depthwise, edge_groups, edge_index
+from e2rnas.space.supernet import NUM_EDGES, SearchNetwork
+
+
+def _set_batched(model: SearchNetwork, on: bool) -> None:
+    for cell in model.cells:
+        cell.batched = on
+
+
+def _pass(model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, batched: bool):
+    _set_batched(model, batched)
+    model.zero_grad(set_to_none=True)
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    return logits.detach(), grads, {n: b.clone() for n, b in model.named_buffers()}
+
+
+def _pruned(model: SearchNetwork, name: str) -> bool:
+    """A buffer of an op pruned from its edge: the batched cell runs it for the edge's group, with weight 0."""
+    parts = name.split(".")
+    if parts[0] != "cells" or parts[2] != "edges":
+        return False
+    cell, edge, op = model.cells[int(parts[1])], int(parts[3]), int(parts[5])
+    mask = model.mask_reduce if cell.reduction else model.mask_normal
+    return not bool(mask[edge, op])
+
+
+def _compare(model: SearchNetwork, x: torch.Tensor, y: torch.Tensor, *, rtol: float = 1e-10) -> None:
+    twin = copy.deepcopy(model)
+    ref = _pass(model, x, y, batched=False)
+    new = _pass(twin, x, y, batched=True)
+    torch.testing.assert_close(new[0], ref[0], rtol=rtol, atol=rtol)
+    assert ref[1].keys() == new[1].keys()
+    for name, g in ref[1].items():
+        if g is None:
+            assert new[1][name] is None or not new[1][name].any(), name
+            continue
+        torch.testing.assert_close(new[1][name], g, rtol=rtol, atol=rtol, msg=name)
+    for name, b in ref[2].items():  # running statistics of every edge's BN, pooling BNs included
+        if _pruned(model, name):
+            continue
+        torch.testing.assert_close(new[2][name], b, rtol=rtol, atol=rtol, msg=name)
+    # eval mode: the running statistics in use
+    model.eval(), twin.eval()
+    _set_batched(model, False), _set_batched(twin, True)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x), model(x), rtol=rtol, atol=rtol)
+
+
+def _model(*, partial: int = 1, size: int = 16, seed: int = 0) -> tuple[SearchNetwork, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = SearchNetwork(8, 3, 5, partial_channels=partial).double()
+    with torch.no_grad():  # distinct op weights, so that a mixed-up edge or op shows
+        for a in model.arch_parameters():
+            a.normal_()
+    x = torch.rand(4, 3, size, size, dtype=torch.float64)
+    return model, x, torch.randint(0, 5, (4,))
+
+
+def test_groups_cover_every_edge_once_in_dependency_order():
+    groups = edge_groups(4)
+    flat = [edge_index(i, j) for g in groups for i, j in g]
+    assert sorted(flat) == list(range(NUM_EDGES))
+    for g, group in enumerate(groups):
+        for i, j in group:
+            assert j <= i + 1  # node i reads states 0..i+1
+            assert j < 2 + g  # its input exists when the group runs (group g follows node g - 1)
+    assert [len(g) for g in groups] == [8, 3, 2, 1]
+
+
+@pytest.mark.parametrize("size", [16, 14])  # 14: odd widths (7) after the first reduction
+def test_darts_cell_matches_per_edge_loop(size):
+    model, x, y = _model(size=size)
+    _compare(model, x, y)
+
+
+def test_pc_darts_cell_matches_per_edge_loop():
+    model, x, y = _model(partial=4)
+    _compare(model, x, y)
+
+
+def test_pruned_ops_match_per_edge_loop():
+    model, x, y = _model(seed=1)
+    g = torch.Generator().manual_seed(3)
+    normal = torch.rand(NUM_EDGES, len(model.primitives), generator=g) > 0.5
+    reduce = torch.rand(NUM_EDGES, len(model.primitives), generator=g) > 0.5
+    normal[:, 4] = False  # sep_conv_3x3 gone from every normal edge: never run
+    reduce[13] = False  # an edge with no op left: the zero op
+    model.set_masks(normal, reduce)
+    _compare(model, x, y)
+
+
+def test_skip_dropout_draws_one_mask_per_edge():
+    model, x, _ = _model()
+    model.set_skip_dropout(0.5)
+    skip = model.primitives.index("skip_connect")
+    w = torch.zeros(NUM_EDGES, len(model.primitives), dtype=torch.float64)
+    w[:, skip] = 1.0
+    cell = model.cells[0]
+    s = torch.rand(4, 8, 8, 8, dtype=torch.float64)
+    from e2rnas.space.edge_batch import cell_forward
+
+    torch.manual_seed(0)
+    states = cell_forward(cell.edges, 4, s, s + 1, w, None)
+    # node 0 = drop(s0) + drop(s0 + 1) with independent masks: kept entries are 2 s, 2 (s + 1), or their sum
+    n0 = states[2]
+    dropped_a = torch.isclose(n0, 2 * (s + 1)) | (n0 == 0)
+    assert dropped_a.any() and not dropped_a.all()
+    # masks differ between the 4 edges that read s0 (else node 1's first term would repeat node 0's pattern)
+    assert not torch.equal(states[2] == 0, states[3] == 0)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("k", [3, 5])
+@pytest.mark.parametrize("size", [8, 7])
+def test_polyphase_depthwise_is_the_dilated_convolution(stride, k, size):
+    x = torch.randn(2, 6, size, size, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    w = torch.randn(6, 1, k, k, dtype=torch.float64, requires_grad=True)
+    ref = F.conv2d(x, w, None, stride, k - 1, 2, 6)
+    out = depthwise(x, w, stride=stride, padding=k - 1, dilation=2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g))
+
+
+def test_float32_search_step_inputs_unchanged():
+    """float32 under the step's functional_call (theta' swapped in): the batched cell reads the swapped weights."""
+    from torch.func import functional_call
+
+    model, x, y = _model()
+    model = model.float()
+    x = x.float()
+    params = {n: p.detach() * 1.5 for n, p in model.named_parameters()}
+    outs = []
+    for batched in (False, True):
+        _set_batched(model, batched)
+        outs.append(functional_call(copy.deepcopy(model), params, (x,)))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outs[1], model(x))
