@@ -3,7 +3,9 @@
 Architecture parameters (``alpha_normal``, ``alpha_reduce``: 14 x 8) are registered on the module so that
 ``torch.func.functional_call`` can swap the weights, but ``weight_parameters()`` and ``arch_parameters()`` keep
 the two sets apart for the two optimisers. ``partial_channels > 1`` gives the PC-DARTS variant (a 1/K channel
-sample per edge, channel shuffle, and edge-normalisation weights ``beta_*``).
+sample per edge, channel shuffle, and edge-normalisation weights ``beta_*``). Cells run their edges batched
+(``edge_batch.cell_forward``: one call per op for all edges leaving the same states); ``cell.batched = False`` runs
+the per-edge loop below, the reference it is tested against.
 """
 
 from __future__ import annotations
