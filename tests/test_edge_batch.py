@@ -101,6 +101,28 @@ def test_pruned_ops_match_per_edge_loop():
     _compare(model, x, y)
 
 
+def test_an_op_registered_by_the_user_runs_edge_by_edge():
+    """A registered op with weights (here an nn.Sequential, as the pooling ops are in the supernet) is not taken
+    for pooling (computed once per state) but runs on every edge with its own weights."""
+    from torch import nn
+
+    from e2rnas.space.ops import OPS, register_op
+
+    register_op("test_conv_3x3")(lambda C, stride, affine: nn.Sequential(
+        nn.ReLU(), nn.Conv2d(C, C, 3, stride, 1, bias=False), nn.BatchNorm2d(C, affine=affine)))
+    try:
+        torch.manual_seed(0)
+        prims = ("none", "max_pool_3x3", "skip_connect", "test_conv_3x3", "dil_conv_3x3")
+        model = SearchNetwork(8, 3, 5, primitives=prims).double()
+        with torch.no_grad():
+            for a in model.arch_parameters():
+                a.normal_()
+        x = torch.rand(4, 3, 16, 16, dtype=torch.float64)
+        _compare(model, x, torch.randint(0, 5, (4,)))
+    finally:
+        OPS.pop("test_conv_3x3")
+
+
 def test_skip_dropout_draws_one_mask_per_edge():
     model, x, _ = _model()
     model.set_skip_dropout(0.5)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2rnas.space.ops import DilConv, FactorizedReduce, Identity, SepConv
+from e2rnas.space.ops import DilConv, Identity, SepConv
 
 
 def edge_groups(steps: int) -> list[list[tuple[int, int]]]:
@@ -122,8 +122,9 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
     inputs = [states[j] for _, j in group]
     out = None
     syncs: list[tuple[nn.BatchNorm2d, nn.BatchNorm2d]] = []
+    kept = None if mask is None else mask[idx].any(dim=0)
     for k in m0.active:
-        if mask is not None and not bool(mask[idx][:, k].any()):
+        if kept is not None and not bool(kept[k]):
             continue  # pruned on every edge of the group (P-DARTS): never run
         ops = [mo.ops[k] for mo in mixed]
         op = ops[0]
@@ -132,7 +133,7 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
                 if j not in cache.relu:
                     cache.relu[j] = F.relu(states[j])
             y = _conv(torch.cat([cache.relu[j] for _, j in group], dim=1), ops)
-        elif isinstance(op, nn.Sequential):  # pooling + BN: the same for every edge of a state
+        elif k in m0.pooling:  # pooling + its affine-free BN: the same for every edge of a state
             parts, first = [], {}
             for o, (_, j) in zip(ops, group, strict=True):
                 if j not in first:
@@ -142,14 +143,12 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
                     syncs.append((first[j][1], o[1]))
                 parts.append(cache.pool[(j, k)])
             y = torch.cat(parts, dim=1)
-        elif isinstance(op, Identity):
+        elif k == m0.skip and isinstance(op, Identity):
             y = torch.cat(inputs, dim=1)
             if m0.stride == 1 and m0.skip_dropout > 0:  # P-DARTS: an independent mask per edge
                 y = F.dropout(y, m0.skip_dropout, m0.training)
-        elif isinstance(op, FactorizedReduce):
+        else:  # FactorizedReduce, or an op registered by the user: edge by edge
             y = torch.cat([o(x) for o, x in zip(ops, inputs, strict=True)], dim=1)
-        else:
-            raise TypeError(f"no batched form for {type(op).__name__}")
         term = y * scale[:, k].view(1, -1, 1, 1).to(y.dtype)
         out = term if out is None else out + term
     _copy_bn_buffers(syncs)

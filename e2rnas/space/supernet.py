@@ -37,6 +37,7 @@ class MixedOp(nn.Module):
         # The zero op adds nothing to the output and its alpha gets its gradient through the softmax alone,
         # so it is never run.
         self.active = [k for k, name in enumerate(primitives) if name != "none"]
+        self.pooling = frozenset(k for k, name in enumerate(primitives) if name in POOLING_OPS)
 
         self.skip = primitives.index("skip_connect") if "skip_connect" in primitives else -1
         self.skip_dropout = 0.0  # P-DARTS: dropout on the parameter-free skip op during search
