@@ -46,7 +46,9 @@ nvidia-smi --query-gpu=name,uuid,driver_version,clocks.sm,clocks.max.sm,pstate,m
   | tee -a "$log"
 section "1. identity and parity" 60 "$PY" benchmarks/gpu_identity.py
 section "2. search step, paper config (8 cells, C=16, batch 64)" 150 "$PY" benchmarks/search_step.py --device cuda \
-  --config paper --steps 5 --warmup 2
+  --config paper --steps 5 --warmup 2 --modes "supernet fwd+bwd (unit)" "supernet fwd+bwd, per-edge loop (DARTS' layout)" \
+  "E2RNAS paper preset (2nd order, central hvp)" "E2RNAS 2nd order, forward hvp (fast option)" \
+  "E2RNAS 1st order (5 objectives, MGDA)"
 section "3. retrain step (20 cells, C=36, batch 96)" 80 "$PY" benchmarks/train_step.py --device cuda --steps 10 \
   --warmup 3
 section "4. latency, batch 1 and 64" 110 "$PY" benchmarks/latency.py --target cuda --batch 1,64 --quick

@@ -47,6 +47,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "attacks": ("e2rnas/evaluation/attacks.py", ["tests/test_attacks.py"]),
     "latency_table": ("e2rnas/space/latency_table.py", ["tests/test_latency_table_unit.py"]),
     "_io": ("e2rnas/_io.py", ["tests/test_io.py"]),
+    "edge_batch": ("e2rnas/space/edge_batch.py", ["tests/test_edge_batch.py"]),
 }
 #: modules whose tests need more than the default marker selection: budget's remote branch runs against the real
 #: loopback OpenSSH server of tests/_sshd.py (skipped where sshd is missing)
