@@ -85,9 +85,51 @@ def test_darts_cell_matches_per_edge_loop(size):
     _compare(model, x, y)
 
 
-def test_pc_darts_cell_matches_per_edge_loop():
-    model, x, y = _model(partial=4)
+@pytest.mark.parametrize("partial,size", [(4, 16), (2, 14)])  # 14: odd maps for the passing channels' max-pool
+def test_pc_darts_cell_matches_per_edge_loop(partial, size):
+    model, x, y = _model(partial=partial, size=size)
     _compare(model, x, y)
+
+
+def test_channel_shuffle_interleaves_the_groups():
+    from e2rnas.space.edge_batch import channel_shuffle
+
+    x = torch.arange(6.0).view(1, 6, 1, 1).expand(2, 6, 3, 3)
+    assert channel_shuffle(x, 2)[0, :, 0, 0].tolist() == [0, 3, 1, 4, 2, 5]
+    assert channel_shuffle(x, 3)[1, :, 2, 2].tolist() == [0, 2, 4, 1, 3, 5]
+
+
+def test_skip_dropout_off_in_eval_mode_and_bf16_autocast_as_per_edge():
+    model, x, _ = _model()
+    model = model.float()
+    model.set_skip_dropout(0.5)
+    model.eval()
+    outs = {}
+    cell_dtypes = []
+    model.cells[0].register_forward_hook(lambda m, i, o: cell_dtypes.append(o.dtype))
+    for batched in (False, True):
+        _set_batched(model, batched)
+        with torch.no_grad():
+            outs[batched] = model(x.float())
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outs[(batched, "bf16")] = model(x.float())
+    assert cell_dtypes == [torch.float32, torch.bfloat16] * 2  # the mixture stays in the autocast dtype
+    torch.testing.assert_close(outs[True], outs[False], rtol=1e-5, atol=1e-5)  # no dropout in eval
+    assert outs[(True, "bf16")].dtype == outs[(False, "bf16")].dtype == torch.bfloat16
+    torch.testing.assert_close(outs[(True, "bf16")].float(), outs[(False, "bf16")].float(), rtol=0.1, atol=0.1)
+
+
+def test_a_group_with_every_op_pruned_gives_zeros_at_its_stride():
+    from e2rnas.space.edge_batch import _StateCache, edge_groups, run_group
+
+    model, _, _ = _model()
+    cell = next(c for c in model.cells if c.reduction)
+    s = [torch.rand(2, 8, 8, 8, dtype=torch.float64) for _ in range(2)]
+    w = torch.softmax(torch.randn(NUM_EDGES, len(model.primitives), dtype=torch.float64), -1)
+    mask = torch.zeros(NUM_EDGES, len(model.primitives), dtype=torch.bool)
+    outs = run_group(cell.edges, edge_groups(4)[0], s, w, mask, _StateCache())
+    assert len(outs) == 8
+    assert all(o.shape == (2, 8, 4, 4) and not o.any() for o in outs)
 
 
 def test_pruned_ops_match_per_edge_loop():
@@ -155,6 +197,32 @@ def test_polyphase_depthwise_is_the_dilated_convolution(stride, k, size):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
     g = torch.randn_like(ref)
     torch.testing.assert_close(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g))
+
+
+def test_polyphase_path_is_taken_where_it_applies(monkeypatch):
+    """The undilated kernels run for dilation-2 same-padding convolutions on the CPU (the speed-up); a stride-1 input
+    with an odd side keeps the dilated kernel (its parts would differ in size)."""
+    import e2rnas.space.edge_batch as eb
+
+    seen = []
+    real = F.conv2d
+
+    def spy(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
+        seen.append(dilation)
+        return real(x, w, b, stride, padding, dilation, groups)
+
+    monkeypatch.setattr(eb.F, "conv2d", spy)
+    w = torch.randn(4, 1, 3, 3)
+    for shape, stride, dilated in [((1, 4, 8, 8), 1, False), ((1, 4, 8, 8), 2, False), ((1, 4, 8, 7), 1, True),
+                                   ((1, 4, 7, 8), 1, True), ((1, 4, 7, 7), 2, False)]:
+        seen.clear()
+        x = torch.randn(*shape).contiguous(memory_format=torch.channels_last)
+        out = eb.depthwise(x, w, stride=stride, padding=2, dilation=2)
+        assert seen == [2 if dilated else 1], (shape, stride)
+        torch.testing.assert_close(out, real(x, w, None, stride, 2, 2, 4), rtol=1e-5, atol=1e-5)
+    seen.clear()
+    eb.depthwise(torch.randn(1, 4, 8, 8), w, stride=1, padding=1, dilation=1)  # not dilated: the plain kernel
+    assert seen == [1]
 
 
 def test_float32_search_step_inputs_unchanged():

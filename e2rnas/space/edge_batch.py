@@ -34,10 +34,7 @@ def _batch_norm(x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tensor:
     """Batch norm over the channels of several affine-free BN modules side by side; their buffers are updated."""
     if len(bns) == 1:
         return bns[0](x)
-    bn = bns[0]
-    track = bn.track_running_stats and bn.running_mean is not None
-    if not track:
-        return F.batch_norm(x, None, None, None, None, True, 0.0, bn.eps)
+    bn = bns[0]  # the search cell's BNs all track running statistics (nn.BatchNorm2d's default)
     mean = torch.cat([b.running_mean for b in bns])
     var = torch.cat([b.running_var for b in bns])
     out = F.batch_norm(x, mean, var, None, None, bn.training, bn.momentum, bn.eps)
