@@ -120,14 +120,14 @@ def test_skip_dropout_off_in_eval_mode_and_bf16_autocast_as_per_edge():
 
 
 def test_a_group_with_every_op_pruned_gives_zeros_at_its_stride():
-    from e2rnas.space.edge_batch import _StateCache, edge_groups, run_group
+    from e2rnas.space.edge_batch import edge_groups, run_group
 
     model, _, _ = _model()
     cell = next(c for c in model.cells if c.reduction)
     s = [torch.rand(2, 8, 8, 8, dtype=torch.float64) for _ in range(2)]
     w = torch.softmax(torch.randn(NUM_EDGES, len(model.primitives), dtype=torch.float64), -1)
     mask = torch.zeros(NUM_EDGES, len(model.primitives), dtype=torch.bool)
-    outs = run_group(cell.edges, edge_groups(4)[0], s, w, mask, _StateCache())
+    outs = run_group(cell.edges, edge_groups(4)[0], s, w, mask)
     assert len(outs) == 8
     assert all(o.shape == (2, 8, 4, 4) and not o.any() for o in outs)
 

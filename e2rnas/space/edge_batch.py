@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2rnas.space.ops import DilConv, Identity, SepConv
+from e2rnas.space.ops import DilConv, Identity, SepConv, Zero
 
 
 def edge_groups(steps: int) -> list[list[tuple[int, int]]]:
@@ -50,7 +50,6 @@ def _batch_norm(x: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tensor:
 @torch.no_grad()
 def _copy_bn_buffers(pairs: list[tuple[nn.BatchNorm2d, nn.BatchNorm2d]]) -> None:
     """Each (src, dst): dst's running statistics become src's."""
-    pairs = [(s, d) for s, d in pairs if s.running_mean is not None]
     if pairs:
         names = ("running_mean", "running_var", "num_batches_tracked")
         torch._foreach_copy_([getattr(d, n) for _, d in pairs for n in names],
@@ -99,17 +98,12 @@ def _conv(r: torch.Tensor, ops: list[nn.Module]) -> torch.Tensor:
     return y
 
 
-class _StateCache:
-    """Per state, what every edge leaving it shares: its ReLU and its pooled, batch-normed maps."""
-
-    def __init__(self) -> None:
-        self.relu: dict[int, torch.Tensor] = {}
-        self.pool: dict[tuple[int, int], torch.Tensor] = {}
-
-
 def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tensor], weights: torch.Tensor,
-              mask: torch.Tensor | None, cache: _StateCache) -> list[torch.Tensor]:
-    """The weighted mixture of every edge in ``group`` (one tensor per edge, in group order)."""
+              mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """The weighted mixture of every edge in ``group`` (one tensor per edge, in group order).
+
+    Every state feeds exactly one group, so what its edges share (its ReLU, its pooled maps) is computed here once.
+    """
     idx = [edge_index(i, j) for i, j in group]
     mixed = [edges[e] for e in idx]
     m0 = mixed[0]
@@ -117,6 +111,7 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
     w = weights[idx]  # E x n_ops
     scale = w.repeat_interleave(C, dim=0)  # E*C x n_ops: op k's weight for every channel of every edge
     inputs = [states[j] for _, j in group]
+    relu: dict[int, torch.Tensor] = {}  # state -> its ReLU, shared by the conv ops (made at the first one)
     out = None
     syncs: list[tuple[nn.BatchNorm2d, nn.BatchNorm2d]] = []
     kept = None if mask is None else mask[idx].any(dim=0)
@@ -126,20 +121,16 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
         ops = [mo.ops[k] for mo in mixed]
         op = ops[0]
         if isinstance(op, (SepConv, DilConv)):
-            for _, j in group:
-                if j not in cache.relu:
-                    cache.relu[j] = F.relu(states[j])
-            y = _conv(torch.cat([cache.relu[j] for _, j in group], dim=1), ops)
+            relu = relu or {j: F.relu(states[j]) for _, j in group}
+            y = _conv(torch.cat([relu[j] for _, j in group], dim=1), ops)
         elif k in m0.pooling:  # pooling + its affine-free BN: the same for every edge of a state
-            parts, first = [], {}
+            pooled: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # state -> (the edge op that ran it, its map)
             for o, (_, j) in zip(ops, group, strict=True):
-                if j not in first:
-                    first[j] = o
-                    cache.pool[(j, k)] = o(states[j])
+                if j not in pooled:
+                    pooled[j] = (o, o(states[j]))
                 elif o.training:  # the same statistics as the edge that ran it
-                    syncs.append((first[j][1], o[1]))
-                parts.append(cache.pool[(j, k)])
-            y = torch.cat(parts, dim=1)
+                    syncs.append((pooled[j][0][1], o[1]))
+            y = torch.cat([pooled[j][1] for _, j in group], dim=1)
         elif k == m0.skip and isinstance(op, Identity):
             y = torch.cat(inputs, dim=1)
             if m0.stride == 1 and m0.skip_dropout > 0:  # P-DARTS: an independent mask per edge
@@ -150,9 +141,7 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
         out = term if out is None else out + term
     _copy_bn_buffers(syncs)
     if out is None:  # every op pruned or none: the zero op
-        ref = inputs[0]
-        stride = m0.stride
-        return [ref[:, :, ::stride, ::stride].mul(0.0) for _ in group]
+        return [Zero(m0.stride)(inputs[0]) for _ in group]
     return list(out.split(C, dim=1))
 
 
@@ -165,11 +154,13 @@ def cell_forward(edges: list, steps: int, s0: torch.Tensor, s1: torch.Tensor, we
     stride-2 edges) and node i is shuffle(cat(sum_e beta_e op_e, sum_e beta_e rest_e)), which is the sum over its
     edges of beta_e shuffle(cat(op_e, rest_e)) since the shuffle and the concatenation are linear.
     """
+    def head(t: torch.Tensor) -> torch.Tensor:  # what the ops see
+        return t if partial == 1 else t[:, :t.shape[1] // partial]
+
     states = [s0, s1]
-    seen = [s0, s1] if partial == 1 else [t[:, :t.shape[1] // partial] for t in (s0, s1)]
+    seen = [head(s0), head(s1)]
     acc: list[torch.Tensor | None] = [None] * steps
     rest: list[torch.Tensor | None] = [None] * steps
-    cache = _StateCache()
 
     def add(total, term):
         return term if total is None else total + term
@@ -182,9 +173,8 @@ def cell_forward(edges: list, steps: int, s0: torch.Tensor, s1: torch.Tensor, we
     for g, group in enumerate(edge_groups(steps)):
         if g:
             states.append(node(g - 1))
-            t = states[-1]
-            seen.append(t if partial == 1 else t[:, :t.shape[1] // partial])
-        outs = run_group(edges, group, seen, weights, mask, cache)
+            seen.append(head(states[-1]))
+        outs = run_group(edges, group, seen, weights, mask)
         passing: dict[int, torch.Tensor] = {}
         for (i, j), t in zip(group, outs, strict=True):
             e = edge_index(i, j)
