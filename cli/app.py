@@ -33,6 +33,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("export", "export_cmd", "export"),
     ("bench", "bench_cmd", "bench"),
     ("check", "check_cmd", "check"),
+    ("baseline", "run_cmd", "baseline"),
     ("report", "run_cmd", "report"),
     ("lut", "lut_cmd", "lut"),
     ("cost", "info_cmd", "cost"),

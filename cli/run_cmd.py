@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._output import console, print_json
+from e2rnas.cli._output import console, print_json, print_table
 
 
 def run(
@@ -27,15 +27,19 @@ def run(
     = None,
     skip: Annotated[list[str] | None, typer.Option("--skip", help="Leave out a stage (repeatable): lut, search, "
                                                    "train, eval, export, bench, check, report.")] = None,
+    baseline: Annotated[int | None, typer.Option("--baseline", help="Also retrain and evaluate N random genotypes "
+                                                 "of the same budget; the report ranks the searched network "
+                                                 "among them.")] = None,
     json: opt.Json = False,
 ) -> None:
-    """Search -> train -> eval -> export -> bench -> check -> report, skipping stages already complete."""
+    """Search -> train -> eval -> export -> bench -> check (-> baseline) -> report, skipping stages already
+    complete."""
     from e2rnas.cli._config import load_yaml
     from e2rnas.errors import E2RNASError
     from e2rnas.run.pipeline import PipelineConfig, run_pipeline
 
     values = load_yaml(config) if config else {}
-    values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target,
+    values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target, baseline=baseline,
                                           budget=str(budget) if budget else None).items() if v is not None})
     if skip:
         values["skip"] = (*values.get("skip", ()), *skip)
@@ -132,6 +136,27 @@ def stages_to_stderr(enabled: bool) -> Iterator[None]:
         yield
     finally:
         console.file = previous
+
+
+def baseline(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `e2rnas run`.")],
+             n: Annotated[int, typer.Option("--n", help="Random genotypes of the search's budget to retrain.")] = 4,
+             seed: Annotated[int, typer.Option("--seed", help="Seed of the random draws.")] = 0,
+             json: opt.Json = False) -> None:
+    """Retrain N random genotypes of the run's budget like the searched network and rank it among them."""
+    from e2rnas.run.baseline import RANKED, run_baseline
+
+    result = run_baseline(run_dir, n=n, seed=seed, progress=not json)
+    if json:
+        print_json(result)
+        return
+    rows = [[r["name"], *(_pct(r[k]) for k in RANKED), f"{r['params_m']:.4f}", f"{r['macs_m']:.2f}"]
+            for r in (result["searched"], *result["random"])]
+    print_table("Searched network against random networks of the same budget",
+                ["network", *RANKED.values(), "params (M)", "MACs (M)"], rows, caption=result["line"])
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f} %"
 
 
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `e2rnas run`.")]) -> None:

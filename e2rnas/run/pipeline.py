@@ -1,4 +1,5 @@
-"""``e2rnas run``: lut -> search -> train -> eval -> export -> bench -> check -> report, in one run directory.
+"""``e2rnas run``: lut -> search -> train -> eval -> export -> bench -> check (-> baseline) -> report, in one run
+directory.
 
 Each stage calls one library function (``e2rnas.run.stages``: ``run_search``, ``train``, ``evaluate_file``,
 ``export_model``, ``bench``, ``check``, ``build_report``) with the run's settings; the same stage as the
@@ -25,7 +26,7 @@ from e2rnas.run import stages as S
 
 log = logging.getLogger(__name__)
 
-STAGES = ("lut", "search", "train", "eval", "export", "bench", "check", "report")
+STAGES = ("lut", "search", "train", "eval", "export", "bench", "check", "baseline", "report")
 BENCH_DEFAULTS = {"batch": "1,64", "metrics": "latency,accuracy,robustness,ood", "runs": 50}
 
 
@@ -48,9 +49,14 @@ class PipelineConfig:
     bench: dict[str, Any] = field(default_factory=dict)
     check: dict[str, Any] = field(default_factory=dict)
     skip: tuple[str, ...] = ()
+    # random genotypes of the same budget retrained and evaluated beside the searched one (0: no baseline stage)
+    baseline: int = 0
+    baseline_seed: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", tuple(self.skip))
+        if isinstance(self.baseline, bool) or not isinstance(self.baseline, int) or self.baseline < 0:
+            raise ValueError(f"baseline is a number of random networks (>= 0), got {self.baseline!r}")
         unknown = [s for s in self.skip if s not in STAGES]
         if unknown:
             raise ValueError(f"unknown stage(s) to skip {unknown}; stages are {', '.join(STAGES)}")
@@ -135,8 +141,13 @@ def plan(cfg: PipelineConfig, run_dir: Path, *, progress: bool = True,
                         *(["--budget", cfg.budget] if cfg.budget else []), *flags(cfg.check)],
               done=lambda: (c / "check.json").is_file(), ok_exit_codes=(0, 1),
               run=lambda resume: S.check(ctx, cfg.check, budget=cfg.budget)),
+        Stage("baseline", ["baseline", str(r), "--n", str(cfg.baseline), "--seed", str(cfg.baseline_seed)],
+              done=lambda: (r / "baseline" / "baseline.json").is_file(),
+              run=lambda resume: S.baseline(ctx, n=cfg.baseline, seed=cfg.baseline_seed)),
         Stage("report", ["report", str(r)], done=lambda: False, run=lambda resume: S.report(ctx)),
     ]
+    if not cfg.baseline or cfg.genotype:  # no search budget to draw from with --genotype
+        stages = [st for st in stages if st.name != "baseline"]
     if cfg.genotype:
         cfg = dataclasses.replace(cfg, skip=(*cfg.skip, "search", "lut"))
     return [st for st in stages if st.name.split("-")[0] not in cfg.skip]
@@ -225,7 +236,7 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
 
 #: what a stage writes; moved to ``<path>.previous`` before the stage runs again with other settings
 _OUTPUTS = {"lut": ("lut",), "search": ("search",), "train": ("train",), "eval": ("eval",), "export": ("export",),
-            "bench": ("bench",), "check": ("check",)}
+            "bench": ("bench",), "check": ("check",), "baseline": ("baseline",)}
 
 
 def _set_aside(stage: Stage, run_dir: Path) -> None:

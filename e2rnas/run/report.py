@@ -18,6 +18,7 @@ from typing import Any
 from e2rnas._io import atomic_write_text, read_jsonl
 from e2rnas.errors import E2RNASError
 from e2rnas.run.provenance import describe, provenance
+from e2rnas.run.report_quality import baseline_section, plot_steering, steering_summary_line
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -327,8 +328,12 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     genotype = (summary or {}).get("genotype") or (train_summary or {}).get("genotype")
     model_path = Path((train_summary or {}).get("model") or run / "train" / "model.pt")
     plots: list[tuple[str, str]] = []
-    if plot_search(read_jsonl(search_dir / "metrics.jsonl"), fig_dir / "search.png", summary):
+    search_metrics = read_jsonl(search_dir / "metrics.jsonl")
+    if plot_search(search_metrics, fig_dir / "search.png", summary):
         plots.append(("Objectives, MGDA weights and costs against the bounds over the search", "report/search.png"))
+    if plot_steering(search_metrics, fig_dir / "steering.png"):
+        plots.append(("What steered the search: gradient norms, MGDA weights, step size and entropy",
+                      "report/steering.png"))
     if plot_alphas(read_jsonl(search_dir / "alphas.jsonl"), fig_dir / "alphas.png"):
         plots.append(("Architecture weights (softmax of alpha) per cell type", "report/alphas.png"))
     if genotype and (drawn := plot_cells(genotype, fig_dir / "cells.png")):
@@ -358,6 +363,9 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
                f"weighting {summary.get('weighting')}, method {summary.get('method')}; genotype rule handed on: "
                f"**{summary.get('derive', 'darts')}** (derivation gap {_num(summary.get('derivation_gap'))} in "
                f"summed log strength; docs/derivation.md).", ""]
+        if line := steering_summary_line(search_metrics):
+            md += [f"What steered the architecture: {line} (docs/cost-forms.md).", ""]
+    md += baseline_section(_load(run / "baseline" / "baseline.json"))
     for title, rel in plots:
         md += [f"### {title}", "", f"![{title}]({rel})", ""]
     if pipeline:

@@ -181,6 +181,12 @@ def check(ctx: StageContext, options: dict[str, Any], *, budget: str | None) -> 
     return (0 if result["passed"] else 1), result
 
 
+def baseline(ctx: StageContext, *, n: int, seed: int) -> Result:
+    from e2rnas.run.baseline import run_baseline
+
+    return 0, run_baseline(ctx.run_dir, n=n, seed=seed, progress=ctx.progress)
+
+
 def report(ctx: StageContext) -> Result:
     from e2rnas.run.report import build_report
 

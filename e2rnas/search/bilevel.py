@@ -23,6 +23,7 @@ from torch.func import functional_call
 
 from e2rnas.errors import E2RNASError
 from e2rnas.evaluation.attacks import fgsm, fgsm_clean, fgsm_from_gradient
+from e2rnas.search.diagnostics import step_diagnostics
 from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import Objective, ObjectiveContext, ood_kl_uniform
 from e2rnas.space.cost import CostModel
@@ -54,6 +55,7 @@ class StepResult:
     latency_ms: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
     dropped: list[str] = field(default_factory=list)  # objectives that sat out MGDA (alpha-gradient ~0)
+    diagnostics: dict = field(default_factory=dict)  # e2rnas.search.diagnostics.step_diagnostics
 
 
 HVP_SCHEMES = ("central", "forward")
@@ -73,7 +75,8 @@ class BilevelStep:
                  ll_ood_weight: float = 1.0, a_grad_clip: float | None = None, latency_table=None,
                  latency_bound_ms: float | None = None,
                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
-                 autocast: Callable[[], AbstractContextManager] | None = None, fgsm_start: str = "random"):
+                 autocast: Callable[[], AbstractContextManager] | None = None, fgsm_start: str = "random",
+                 params_lower_m: float | None = None):
         self.model = model
         if fgsm_start not in FGSM_STARTS:
             raise ValueError(f"unknown FGSM start {fgsm_start!r}; choose from {', '.join(FGSM_STARTS)}")
@@ -96,6 +99,7 @@ class BilevelStep:
         self.grad_clip = grad_clip
         self.params_bound_m = params_bound_m
         self.macs_bound_m = macs_bound_m
+        self.params_lower_m = params_lower_m  # the params band's lower edge (cost form ``band``)
         self.hvp_eps = hvp_eps
         self.latency_table = latency_table
         self.latency_bound_ms = latency_bound_ms
@@ -229,7 +233,8 @@ class BilevelStep:
         ctx = ObjectiveContext(forward=forward, x_val=x_val, y_val=batch.y_val, x_adv=x_adv,
                                x_ood=batch.x_ood_upper, params_m=params_m, macs_m=macs_m,
                                params_bound_m=self.params_bound_m, macs_bound_m=self.macs_bound_m,
-                               latency_ms=latency_ms, latency_bound_ms=self.latency_bound_ms)
+                               latency_ms=latency_ms, latency_bound_ms=self.latency_bound_ms,
+                               params_lower_m=self.params_lower_m)
         losses, alpha_grads, theta_grads = [], [], []
         n_arch = sum(not o.uses_weights for o in self.objectives)
         for obj in self.objectives:
@@ -262,6 +267,7 @@ class BilevelStep:
             v = self._reduce(v)  # the same direction on every process (gamma is already the same)
             implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv, alpha_grad_t, rng)])
             combined = combined - lr * implicit
+        diagnostics = step_diagnostics(G, eff, combined, names)
 
         result = StepResult(
             lower_loss=float(lower.detach()),
@@ -271,7 +277,7 @@ class BilevelStep:
             params_m=float(params_m.detach()) if params_m is not None else float("nan"),
             macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
             latency_ms=float(latency_ms.detach()) if latency_ms is not None else None,
-            dropped=dropped,
+            dropped=dropped, diagnostics=diagnostics,
         )
         return g, combined, result
 

@@ -1,7 +1,10 @@
 """The upper-level objectives, one small object each, in a registry: the paper's five and ``latency``.
 
 Data objectives (``val``, ``ood``, ``adv``) see the network through ``ctx.forward`` (the supernet at the
-unrolled weights); architecture objectives (``params``, ``flops``, ``latency``) see only the cost estimate of alpha.
+unrolled weights); architecture objectives (``params``, ``flops``, ``latency``) see only the cost estimate of alpha,
+through a *cost form* (``COST_FORMS``): ``target``, the paper's two-sided |x - B| / B (eqs. 5, 6), or ``band``,
+zero inside the feasible band [lower, B] and the relative distance to it outside, so that a satisfied bound has a
+zero gradient and sits out MGDA (docs/cost-forms.md).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class ObjectiveContext:
     macs_bound_m: float | None = None  # F
     latency_ms: torch.Tensor | None = None  # Lat(alpha), ms of the deploy network from the latency table
     latency_bound_ms: float | None = None  # T
+    params_lower_m: float | None = None  # the band's lower edge for params (params_floor x L), ``band`` form only
 
 
 def ood_kl_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -74,42 +78,74 @@ class AdvLoss(Objective):
         return F.cross_entropy(ctx.forward(ctx.x_adv), ctx.y_val)
 
 
-class ParamsLoss(Objective):
-    """|N(alpha) - L| / L (eq. 5), relative so that it is unit-free like the flops objective."""
+def target_form(value: torch.Tensor, bound: float, lower: float | None = None) -> torch.Tensor:
+    """|x - B| / B: the paper's two-sided target (eqs. 5, 6); ``lower`` is ignored."""
+    return (value - bound).abs() / bound
+
+
+def band_form(value: torch.Tensor, bound: float, lower: float | None = None) -> torch.Tensor:
+    """(max(0, x - B) + max(0, lower - x)) / B: zero (with a zero gradient) inside [lower, B]."""
+    out = torch.relu(value - bound)
+    if lower is not None:
+        out = out + torch.relu(lower - value)
+    return out / bound
+
+
+#: how a cost objective turns (estimate, bound) into a loss; ``target`` is the paper's, ``band`` the default
+COST_FORMS: dict[str, Callable[..., torch.Tensor]] = {"target": target_form, "band": band_form}
+
+
+class CostObjective(Objective):
+    """A cost estimate of alpha against its bound, in one of ``COST_FORMS``."""
+
+    uses_weights = False
+
+    def __init__(self, form: str = "target"):
+        if form not in COST_FORMS:
+            raise ValueError(f"unknown cost form {form!r}; choose from {', '.join(COST_FORMS)}")
+        self.form = form
+
+    def value_bound(self, ctx: ObjectiveContext) -> tuple[torch.Tensor, float, float | None]:
+        raise NotImplementedError
+
+    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
+        return COST_FORMS[self.form](*self.value_bound(ctx))
+
+
+class ParamsLoss(CostObjective):
+    """N(alpha) against L (eq. 5), relative so that it is unit-free like the flops objective."""
 
     name = "params"
-    uses_weights = False
 
-    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
-        return (ctx.params_m - ctx.params_bound_m).abs() / ctx.params_bound_m
+    def value_bound(self, ctx: ObjectiveContext) -> tuple[torch.Tensor, float, float | None]:
+        return ctx.params_m, ctx.params_bound_m, ctx.params_lower_m
 
 
-class FlopsLoss(Objective):
-    """|F(alpha) - F| / F (eq. 6), on multiply-adds (MACs) of the deploy network."""
+class FlopsLoss(CostObjective):
+    """F(alpha) against F (eq. 6), on multiply-adds (MACs) of the deploy network."""
 
     name = "flops"
-    uses_weights = False
 
-    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
-        return (ctx.macs_m - ctx.macs_bound_m).abs() / ctx.macs_bound_m
+    def value_bound(self, ctx: ObjectiveContext) -> tuple[torch.Tensor, float, float | None]:
+        return ctx.macs_m, ctx.macs_bound_m, None
 
 
-class LatencyLoss(Objective):
-    """|Lat(alpha) - T| / T: the softmax-expected latency from a table measured on the target (``e2rnas lut``)."""
+class LatencyLoss(CostObjective):
+    """Lat(alpha) against T: the softmax-expected latency from a table measured on the target (``e2rnas lut``)."""
 
     name = "latency"
-    uses_weights = False
 
-    def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
-        return (ctx.latency_ms - ctx.latency_bound_ms).abs() / ctx.latency_bound_ms
+    def value_bound(self, ctx: ObjectiveContext) -> tuple[torch.Tensor, float, float | None]:
+        return ctx.latency_ms, ctx.latency_bound_ms, None
 
 
 OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (ValLoss, OodLoss, AdvLoss, ParamsLoss, FlopsLoss, LatencyLoss)}
 
 
-def make_objectives(names: tuple[str, ...]) -> list[Objective]:
+def make_objectives(names: tuple[str, ...], *, cost_form: str = "target") -> list[Objective]:
+    """The objectives named, in order; the cost objectives in ``cost_form``."""
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or not names:
         raise ValueError(f"unknown objective(s) {unknown or names}; choose from {', '.join(OBJECTIVES)}")
-    return [OBJECTIVES[n]() for n in names]
+    return [OBJECTIVES[n](cost_form) if issubclass(OBJECTIVES[n], CostObjective) else OBJECTIVES[n]() for n in names]

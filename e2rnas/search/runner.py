@@ -38,7 +38,7 @@ from e2rnas.search.derive import (
 )
 from e2rnas.search.guards import normalized_entropy, search_warnings
 from e2rnas.search.mgda import Weighting
-from e2rnas.search.objectives import OBJECTIVES, make_objectives
+from e2rnas.search.objectives import COST_FORMS, OBJECTIVES, make_objectives
 from e2rnas.space.cost import CostModel, DeployShape
 from e2rnas.space.supernet import SearchNetwork
 from e2rnas.train.amp import AMP_MODES, make_precision, resolve_amp
@@ -75,6 +75,9 @@ class SearchConfig:
     a_weight_decay: float = 1e-3
     objectives: tuple[str, ...] = ("val", "ood", "adv", "params", "flops")
     weighting: str = "mgda"
+    # cost objectives as the paper's two-sided targets |x - B| / B ("target", the paper preset) or as the budget's
+    # band, zero inside [params_floor x L, L], <= F, <= T ("band": a met bound sits out MGDA; docs/cost-forms.md)
+    cost_form: str = "band"
     normalization: str = "l2"
     mgda_max_iter: int = 1000
     mgda_update: str = "normalized"  # "paper": alpha steps along sum gamma_k g_k (eq. 10); docs/mgda.md
@@ -160,6 +163,8 @@ class SearchConfig:
             raise ValueError("the ood objective and the lower-level OoD loss need ood_dataset (or drop them: "
                              "--objectives without ood and --no-ll-ood)")
         Weighting(self.weighting, self.normalization, self.mgda_max_iter, self.mgda_update)
+        if self.cost_form not in COST_FORMS:
+            raise ValueError(f"unknown cost_form {self.cost_form!r}; choose from {', '.join(COST_FORMS)}")
         if self.fgsm_start not in FGSM_STARTS:
             raise ValueError(f"unknown fgsm_start {self.fgsm_start!r}; choose from {', '.join(FGSM_STARTS)}")
         if self.amp == "fp16":
@@ -312,7 +317,7 @@ class SearchRun:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=self.stage_epochs[stage],
                                                                 eta_min=cfg.w_lr_min)
         self.step_fn = BilevelStep(
-            self.model, objectives=make_objectives(cfg.objectives),
+            self.model, objectives=make_objectives(cfg.objectives, cost_form=cfg.cost_form),
             weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter, cfg.mgda_update),
             cost_model=self.cost_model, w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
@@ -320,7 +325,8 @@ class SearchRun:
             hvp=cfg.hvp, hvp_eps=cfg.hvp_eps, ll_ood_weight=cfg.ll_ood_weight, a_grad_clip=cfg.a_grad_clip,
             latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms,
             reduce=functools.partial(mean_all_reduce, info=self.dist) if self.dist.active else None,
-            autocast=self.precision.autocast if cfg.amp == "bf16" else None, fgsm_start=cfg.fgsm_start)
+            autocast=self.precision.autocast if cfg.amp == "bf16" else None, fgsm_start=cfg.fgsm_start,
+            params_lower_m=cfg.params_floor * cfg.params_bound if cfg.params_floor else None)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -441,9 +447,8 @@ class SearchRun:
     def val_accuracy(self) -> float:
         self.model.eval()
         correct = total = 0
-        for k, (x, y) in enumerate(batches(self.data.val, 256, shuffle=False)):
-            if k >= self.cfg.val_batches:
-                break
+        # a seeded class-mixed sample: a data set stored sorted by class would otherwise give its first classes only
+        for x, y in batches(self.data.val.head(self.cfg.val_batches * 256), 256, shuffle=False):
             correct += int((self.model(x.to(self.device)).argmax(1).cpu() == y).sum())
             total += len(y)
         self.model.train()
@@ -490,13 +495,16 @@ def cycle_labeled(data: ImageSet, batch_size: int, generator: torch.Generator):
         yield from batches(data, batch_size, shuffle=True, generator=generator, drop_last=len(data) >= batch_size)
 
 
-def _step_record(run: SearchRun, res: StepResult, step: int) -> dict[str, Any]:
+def _step_record(run: SearchRun, res: StepResult, step: int, displacement: float) -> dict[str, Any]:
     g = run.genotype()
     exact = run.cost_model.genotype_cost(g)
     rec = {"type": "step", "epoch": run.epoch, "step": step, "lower_loss": res.lower_loss, "objectives": res.losses,
            "gammas": res.gammas, "effective_weights": res.effective, "expected_params_m": res.params_m,
            "expected_macs_m": res.macs_m, "exact_params_m": exact.params_m, "exact_macs_m": exact.macs_m,
            "lr": run.sched.get_last_lr()[0], "genotype": g.to_dict()}
+    if res.diagnostics:  # bi-level steps only (warm-up steps leave alpha alone)
+        rec |= {"diagnostics": res.diagnostics | {"alpha_displacement": displacement},
+                "mean_normalized_entropy": normalized_entropy(torch.cat(list(run.op_weights().values())))}
     if res.dropped:
         rec["dropped_from_mgda"] = res.dropped
     if run.latency_table is not None:
@@ -587,12 +595,14 @@ def _run(run: SearchRun, config: SearchConfig, out_dir: Path, *, resume: bool, o
             for batch in run.epoch_batches():
                 warm = run.epoch < config.warmup_epochs or (config.method == "p-darts"
                                                              and in_stage < config.pdarts_warmup_epochs)
+                before = torch.cat([a.detach().flatten() for a in run.model.arch_parameters()])
                 if warm:
                     res = run.step_fn.weight_step(batch, generator=run.attack_gen)
                 else:
                     res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
+                after = torch.cat([a.detach().flatten() for a in run.model.arch_parameters()])
                 run.step_in_epoch += 1
-                rec = _step_record(run, res, run.step_in_epoch)
+                rec = _step_record(run, res, run.step_in_epoch, float((after - before).norm()))
                 log_jsonl(metrics, rec)
                 if on_step:
                     on_step(rec | {"steps_per_epoch": run.steps_per_epoch(), "epochs": config.epochs})
