@@ -26,7 +26,7 @@ def run(
     from_stage: Annotated[str | None, typer.Option("--from", help="Run this stage and the ones after it again.")]
     = None,
     skip: Annotated[list[str] | None, typer.Option("--skip", help="Leave out a stage (repeatable): lut, search, "
-                                                   "train, eval, export, bench, check, report.")] = None,
+                                                   "train, eval, export, bench, check, baseline, report.")] = None,
     baseline: Annotated[int | None, typer.Option("--baseline", help="Also retrain and evaluate N random genotypes "
                                                  "of the same budget; the report ranks the searched network "
                                                  "among them.")] = None,

@@ -117,6 +117,9 @@ def search(
     cost_form: Annotated[str | None, typer.Option("--cost-form", help="Cost objectives: band (zero inside the "
                                                   "budget, [floor x L, L], <= F, <= T; default) or target "
                                                   "(|x - B| / B, the paper and its preset).")] = None,
+    cost_units: Annotated[str | None, typer.Option("--cost-units", help="Cost objectives divided by their bound "
+                                                   "(relative; default) or in M params / M MACs / ms (paper: eqs. "
+                                                   "5-6 as written, the paper preset).")] = None,
     normalization: Annotated[str | None, typer.Option("--grad-norm", help="MGDA gradient normalisation: none, l2, "
                                                       "loss, loss+l2.")] = None,
     objectives: Objectives = None,
@@ -175,7 +178,8 @@ def search(
         image_size=image_size, method=method, params_bound=params_bound,
         flops_bound=macs_bound if macs_bound is not None else flops_bound,
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
-        weighting=weighting, cost_form=cost_form, normalization=normalization, objectives=objectives,
+        weighting=weighting, cost_form=cost_form, cost_units=cost_units, normalization=normalization,
+        objectives=objectives,
         first_order=first_order,
         mgda_update=mgda_update, hvp=hvp, hvp_eps=hvp_eps, ll_ood_weight=ll_ood_weight,
         search_augment=search_augment, search_cutout=search_cutout, fgsm_start=fgsm_start,

@@ -74,3 +74,31 @@ def test_a_satisfied_band_sits_out_mgda():
     assert weighting.degenerate(grads, losses).tolist() == [False, True]
     gamma, _ = weighting.weights(grads, losses, ["val", "params"])
     assert gamma.tolist() == [1.0, 0.0]
+
+
+def test_cost_form_flag_presets_and_a_bad_value():
+    from e2rnas.cli._config import build_config
+    from e2rnas.search.runner import SearchConfig
+
+    def form(preset, **overrides):
+        return build_config(SearchConfig, preset=preset, section="search", overrides=overrides).cost_form
+
+    assert form("embedded-default") == "band"
+    assert form("paper") == form("paper-pdarts") == form("paper-pcdarts") == "target"
+    assert form("paper", cost_form="band") == "band"
+    units = build_config(SearchConfig, preset="paper", section="search", overrides={}).cost_units
+    assert units == "paper" and build_config(SearchConfig, preset="embedded-default", section="search",
+                                             overrides={}).cost_units == "relative"
+    with pytest.raises(Exception, match="unknown cost_form 'hinge'; choose from target, band"):
+        form("embedded-default", cost_form="hinge")
+
+
+def test_paper_units_are_eqs_5_and_6_as_written():
+    """units "paper": |N - L| in M params and |F - F| in M MACs (no division); the band form likewise."""
+    out, grad = _value_and_slope(ParamsLoss("target", "paper"), params_m=2.0, params_bound_m=2.5)
+    assert (out, grad) == (pytest.approx(0.5), pytest.approx(-1.0))
+    out, grad = _value_and_slope(FlopsLoss("band", "paper"), macs_m=450.0, macs_bound_m=425.0)
+    assert (out, grad) == (pytest.approx(25.0), pytest.approx(1.0))
+    assert make_objectives(("flops",), cost_units="paper")[0].units == "paper"
+    with pytest.raises(ValueError, match="unknown cost units 'ms'; choose from relative, paper"):
+        ParamsLoss("target", "ms")

@@ -20,7 +20,7 @@ def test_two_opposed_cost_gradients_by_hand():
     applied = torch.tensor([0.0, 0.0, 0.0, 2.0], dtype=torch.float64)
     d = step_diagnostics(G, eff, applied, ["val", "params", "latency"])
     assert d["grad_norms"] == pytest.approx({"val": 1.0, "params": 5.0, "latency": 2.5})
-    assert d["cosines"] == pytest.approx({"val|params": 0.0, "val|latency": 0.0, "params|latency": -1.0})
+    assert d["cosines"] == pytest.approx({"val-params": 0.0, "val-latency": 0.0, "params-latency": -1.0})
     assert d["direction_norm"] == pytest.approx(0.0, abs=1e-12)
     assert d["applied_norm"] == pytest.approx(2.0)
 
@@ -30,7 +30,7 @@ def test_cosine_and_direction_norm_general_case():
     b = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64)
     eff = torch.tensor([0.25, 2.0], dtype=torch.float64)
     d = step_diagnostics(torch.stack([a, b]), eff, torch.zeros(3), ["x", "y"])
-    assert d["cosines"]["x|y"] == pytest.approx(4.0 / (3.0 * math.sqrt(5.0)))
+    assert d["cosines"]["x-y"] == pytest.approx(4.0 / (3.0 * math.sqrt(5.0)))
     expected = torch.tensor([0.25 + 4.0, 0.5, 0.5 + 2.0])
     assert d["direction_norm"] == pytest.approx(float(expected.norm()))
 
@@ -38,7 +38,7 @@ def test_cosine_and_direction_norm_general_case():
 def test_a_zero_gradient_has_cosine_zero():
     G = torch.tensor([[1.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
     d = step_diagnostics(G, torch.tensor([1.0, 0.0]), torch.zeros(2), ["val", "params"])
-    assert d["cosines"] == {"val|params": 0.0}
+    assert d["cosines"] == {"val-params": 0.0}
     assert d["grad_norms"]["params"] == 0.0
 
 

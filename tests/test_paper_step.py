@@ -26,7 +26,7 @@ OBJECTIVES = ("val", "ood", "adv", "params", "flops")
 XI, WD, EPS, L_BOUND, F_BOUND = 0.025, 3e-4, 2 / 255, 0.1, 4.0  # bounds where MGDA weighs all five
 
 
-def _setup(hvp_eps: float):
+def _setup(hvp_eps: float, cost_units: str = PAPER["cost_units"]):
     torch.manual_seed(0)
     model = SearchNetwork(C=4, layers=3, num_classes=5).double()
     with torch.no_grad():  # alphas away from uniform, so that every objective has a real alpha-gradient
@@ -35,7 +35,8 @@ def _setup(hvp_eps: float):
     cost = CostModel(DeployShape(layers=5, C=8, num_classes=5, input_size=16))
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=XI, momentum=0.9, weight_decay=WD)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
-    step = BilevelStep(model, objectives=make_objectives(OBJECTIVES),
+    step = BilevelStep(model, objectives=make_objectives(OBJECTIVES, cost_form=PAPER["cost_form"],
+                                                         cost_units=cost_units),
                        weighting=Weighting("mgda", "l2", update=PAPER["mgda_update"]), cost_model=cost,
                        w_optimizer=w_opt, a_optimizer=a_opt, first_order=PAPER["first_order"], ll_ood=True,
                        ll_ood_weight=PAPER["ll_ood_weight"], hvp=PAPER["hvp"], hvp_eps=hvp_eps, eps=EPS,
@@ -54,7 +55,7 @@ def _kl_uniform(logits):
     return (-torch.log(torch.tensor(float(logits.shape[1]), dtype=logits.dtype)) - log_p.mean(dim=1)).mean()
 
 
-def _eqs_7_to_10(model, cost, batch, fgsm_seed: int):
+def _eqs_7_to_10(model, cost, batch, fgsm_seed: int, cost_units: str):
     """Direct eqs. (7)-(10): exact total alpha-gradients at theta'(alpha), gamma from problem (1), sum gamma_k g_k."""
     names = list(model.named_weight_parameters())
     theta = [p.detach().clone().requires_grad_(True) for p in model.weight_parameters()]
@@ -81,8 +82,10 @@ def _eqs_7_to_10(model, cost, batch, fgsm_seed: int):
                 F.cross_entropy(f(params, x_adv), batch.y_val)]
 
     def cost_losses():
-        n, m = cost.expected_cost(*alphas)
-        return [(n - L_BOUND).abs() / L_BOUND, (m - F_BOUND).abs() / F_BOUND]  # eqs. (5), (6), relative
+        n, m = cost.expected_cost(*alphas)  # M params, M MACs of the deploy network
+        if cost_units == "paper":
+            return [(n - L_BOUND).abs(), (m - F_BOUND).abs()]  # eqs. (5), (6) as written
+        return [(n - L_BOUND).abs() / L_BOUND, (m - F_BOUND).abs() / F_BOUND]  # relative
 
     def flat(ts):
         return torch.cat([t.reshape(-1) for t in ts])
@@ -105,14 +108,17 @@ def _eqs_7_to_10(model, cost, batch, fgsm_seed: int):
 def test_paper_preset_is_what_this_test_implements():
     assert PAPER["mgda_update"] == "paper" and PAPER["hvp"] == "central" and PAPER["first_order"] is False
     assert PAPER["ll_ood_weight"] == 1.0 and PAPER["hvp_eps"] == 0.01
+    assert PAPER["cost_form"] == "target" and PAPER["cost_units"] == "paper"
 
 
-def test_paper_step_matches_eqs_7_to_10_in_float64():
-    """With a finite-difference step of 1e-7 the library's update equals the exact one to 1e-6 (relative).
+@pytest.mark.parametrize("cost_units", ["paper", "relative"])
+def test_paper_step_matches_eqs_7_to_10_in_float64(cost_units):
+    """With a finite-difference step of 1e-7 the library's update equals the exact one to 1e-6 (relative), with
+    the cost objectives in the paper's units (M params, M MACs: eqs. 5-6 as written, the preset) and relative.
 
     (At 1e-5 the perturbation already crosses ReLU/max-pool kinks on this net and the two differ by O(1).)"""
-    model, step, cost, batch = _setup(hvp_eps=1e-7)
-    expected, gamma_exact = _eqs_7_to_10(model, cost, batch, fgsm_seed=7)
+    model, step, cost, batch = _setup(hvp_eps=1e-7, cost_units=cost_units)
+    expected, gamma_exact = _eqs_7_to_10(model, cost, batch, fgsm_seed=7, cost_units=cost_units)
     _, combined, res = step.gradients(batch, lr=XI, generator=torch.Generator().manual_seed(7))
     gamma = torch.tensor([res.gammas[n] for n in OBJECTIVES], dtype=torch.float64)
     assert gamma == pytest.approx(gamma_exact, abs=1e-6)

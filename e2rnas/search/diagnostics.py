@@ -28,7 +28,7 @@ def step_diagnostics(grads: torch.Tensor, effective: torch.Tensor, applied: torc
     direction = (effective.detach().double().cpu()[:, None] * G).sum(0)
     return {
         "grad_norms": {n: float(v) for n, v in zip(names, norms, strict=True)},
-        "cosines": {f"{names[i]}|{names[j]}": float(cos[i, j] if norms[i] > 0 and norms[j] > 0 else 0.0)
+        "cosines": {f"{names[i]}-{names[j]}": float(cos[i, j] if norms[i] > 0 and norms[j] > 0 else 0.0)
                     for i in range(len(names)) for j in range(i + 1, len(names))},
         "direction_norm": float(direction.norm()),
         "applied_norm": float(applied.detach().double().norm()),

@@ -79,41 +79,49 @@ class AdvLoss(Objective):
 
 
 def target_form(value: torch.Tensor, bound: float, lower: float | None = None) -> torch.Tensor:
-    """|x - B| / B: the paper's two-sided target (eqs. 5, 6); ``lower`` is ignored."""
-    return (value - bound).abs() / bound
+    """|x - B|: the paper's two-sided target (eqs. 5, 6); ``lower`` is ignored."""
+    return (value - bound).abs()
 
 
 def band_form(value: torch.Tensor, bound: float, lower: float | None = None) -> torch.Tensor:
-    """(max(0, x - B) + max(0, lower - x)) / B: zero (with a zero gradient) inside [lower, B]."""
+    """max(0, x - B) + max(0, lower - x): zero (with a zero gradient) inside [lower, B]."""
     out = torch.relu(value - bound)
     if lower is not None:
         out = out + torch.relu(lower - value)
-    return out / bound
+    return out
 
 
 #: how a cost objective turns (estimate, bound) into a loss; ``target`` is the paper's, ``band`` the default
 COST_FORMS: dict[str, Callable[..., torch.Tensor]] = {"target": target_form, "band": band_form}
+#: ``relative``: divided by the bound (unit-free, the default); ``paper``: in the deploy network's units, M params,
+#: M MACs (and ms), as eqs. (5) and (6) are written. With l2-normalised MGDA gamma is the same either way; the
+#: ``paper`` update (eq. 10, raw gradients) is not (docs/cost-forms.md).
+COST_UNITS = ("relative", "paper")
 
 
 class CostObjective(Objective):
-    """A cost estimate of alpha against its bound, in one of ``COST_FORMS``."""
+    """A cost estimate of alpha against its bound, in one of ``COST_FORMS`` and ``COST_UNITS``."""
 
     uses_weights = False
 
-    def __init__(self, form: str = "target"):
+    def __init__(self, form: str = "target", units: str = "relative"):
         if form not in COST_FORMS:
             raise ValueError(f"unknown cost form {form!r}; choose from {', '.join(COST_FORMS)}")
-        self.form = form
+        if units not in COST_UNITS:
+            raise ValueError(f"unknown cost units {units!r}; choose from {', '.join(COST_UNITS)}")
+        self.form, self.units = form, units
 
     def value_bound(self, ctx: ObjectiveContext) -> tuple[torch.Tensor, float, float | None]:
         raise NotImplementedError
 
     def __call__(self, ctx: ObjectiveContext) -> torch.Tensor:
-        return COST_FORMS[self.form](*self.value_bound(ctx))
+        value, bound, lower = self.value_bound(ctx)
+        out = COST_FORMS[self.form](value, bound, lower)
+        return out / bound if self.units == "relative" else out
 
 
 class ParamsLoss(CostObjective):
-    """N(alpha) against L (eq. 5), relative so that it is unit-free like the flops objective."""
+    """N(alpha) against L (eq. 5), in M params of the deploy network."""
 
     name = "params"
 
@@ -143,9 +151,11 @@ OBJECTIVES: dict[str, type[Objective]] = {
     cls.name: cls for cls in (ValLoss, OodLoss, AdvLoss, ParamsLoss, FlopsLoss, LatencyLoss)}
 
 
-def make_objectives(names: tuple[str, ...], *, cost_form: str = "target") -> list[Objective]:
-    """The objectives named, in order; the cost objectives in ``cost_form``."""
+def make_objectives(names: tuple[str, ...], *, cost_form: str = "target",
+                    cost_units: str = "relative") -> list[Objective]:
+    """The objectives named, in order; the cost objectives in ``cost_form`` and ``cost_units``."""
     unknown = [n for n in names if n not in OBJECTIVES]
     if unknown or not names:
         raise ValueError(f"unknown objective(s) {unknown or names}; choose from {', '.join(OBJECTIVES)}")
-    return [OBJECTIVES[n](cost_form) if issubclass(OBJECTIVES[n], CostObjective) else OBJECTIVES[n]() for n in names]
+    return [OBJECTIVES[n](cost_form, cost_units) if issubclass(OBJECTIVES[n], CostObjective) else OBJECTIVES[n]()
+            for n in names]

@@ -38,7 +38,7 @@ from e2rnas.search.derive import (
 )
 from e2rnas.search.guards import normalized_entropy, search_warnings
 from e2rnas.search.mgda import Weighting
-from e2rnas.search.objectives import COST_FORMS, OBJECTIVES, make_objectives
+from e2rnas.search.objectives import COST_FORMS, COST_UNITS, OBJECTIVES, make_objectives
 from e2rnas.space.cost import CostModel, DeployShape
 from e2rnas.space.supernet import SearchNetwork
 from e2rnas.train.amp import AMP_MODES, make_precision, resolve_amp
@@ -78,6 +78,8 @@ class SearchConfig:
     # cost objectives as the paper's two-sided targets |x - B| / B ("target", the paper preset) or as the budget's
     # band, zero inside [params_floor x L, L], <= F, <= T ("band": a met bound sits out MGDA; docs/cost-forms.md)
     cost_form: str = "band"
+    # the cost objectives divided by their bound ("relative") or in M params / M MACs / ms ("paper": eqs. 5, 6)
+    cost_units: str = "relative"
     normalization: str = "l2"
     mgda_max_iter: int = 1000
     mgda_update: str = "normalized"  # "paper": alpha steps along sum gamma_k g_k (eq. 10); docs/mgda.md
@@ -165,6 +167,8 @@ class SearchConfig:
         Weighting(self.weighting, self.normalization, self.mgda_max_iter, self.mgda_update)
         if self.cost_form not in COST_FORMS:
             raise ValueError(f"unknown cost_form {self.cost_form!r}; choose from {', '.join(COST_FORMS)}")
+        if self.cost_units not in COST_UNITS:
+            raise ValueError(f"unknown cost_units {self.cost_units!r}; choose from {', '.join(COST_UNITS)}")
         if self.fgsm_start not in FGSM_STARTS:
             raise ValueError(f"unknown fgsm_start {self.fgsm_start!r}; choose from {', '.join(FGSM_STARTS)}")
         if self.amp == "fp16":
@@ -317,7 +321,8 @@ class SearchRun:
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=self.stage_epochs[stage],
                                                                 eta_min=cfg.w_lr_min)
         self.step_fn = BilevelStep(
-            self.model, objectives=make_objectives(cfg.objectives, cost_form=cfg.cost_form),
+            self.model, objectives=make_objectives(cfg.objectives, cost_form=cfg.cost_form,
+                                                  cost_units=cfg.cost_units),
             weighting=Weighting(cfg.weighting, cfg.normalization, cfg.mgda_max_iter, cfg.mgda_update),
             cost_model=self.cost_model, w_optimizer=self.w_opt, a_optimizer=self.a_opt, first_order=cfg.first_order,
             ll_ood=cfg.ll_ood and data.ood is not None, ll_adv=cfg.ll_adv, eps=cfg.eps, fgsm_step=cfg.fgsm_step,
