@@ -4,7 +4,7 @@
 
 Every entry is one genotype of the DARTS space on one deploy network (``--scale``) under one budget (L, F and T
 from a CPU latency table of that network): E2RNAS with the tool's default (band cost form, MGDA), E2RNAS in the
-paper's form (two-sided targets, eq. 10's raw-gradient step), DARTS (validation loss only) and E2RNAS with equal
+paper's form (two-sided targets in M params and M MACs, eq. 10's raw-gradient step), DARTS (validation loss only) and E2RNAS with equal
 weights, each searched once per seed and derived by the budget rule; ``--random`` genotypes drawn uniformly among
 those meeting the same budget and caps (``e2rnas.search.random_genotypes``); the published genotypes the tool ships,
 where they fit. Every genotype is retrained with the same schedule and seed on the 10k CIFAR-10 training subset and
@@ -28,7 +28,7 @@ from typing import Any
 #: searched methods: SearchConfig overrides on top of the scale's common search settings
 METHODS: dict[str, dict[str, Any]] = {
     "e2rnas": {},  # the tool's default: band cost form, MGDA on l2-normalised gradients, normalized update
-    "e2rnas-paper": {"cost_form": "target", "mgda_update": "paper"},
+    "e2rnas-paper": {"cost_form": "target", "cost_units": "paper", "mgda_update": "paper"},
     "darts": {"objectives": ("val",), "ll_ood": False},
     "equal": {"weighting": "equal"},
 }

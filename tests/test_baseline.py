@@ -77,8 +77,11 @@ def test_run_with_baseline_ranks_the_searched_network(tmp_path):
     assert stages[-2:] == ["baseline", "report"]
 
     # the command on its own reuses the finished networks and gives the same ranks
-    again = run_baseline(run_dir, n=2, seed=0)
-    assert again["ranks"] == base["ranks"]
+    again = CliRunner().invoke(app, ["baseline", str(run_dir), "--n", "2", "--json"])
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["ranks"] == base["ranks"]
+    table = CliRunner().invoke(app, ["baseline", str(run_dir), "--n", "2"])
+    assert table.exit_code == 0 and "random-1" in table.output, table.output
     with pytest.raises(E2RNASError, match="at least 1 random network"):
         run_baseline(run_dir, n=0)
     (tmp_path / "empty").mkdir()
