@@ -14,12 +14,18 @@ from e2rnas.cli._output import console, print_json, print_table
 from e2rnas.config import latency_bound_fields, without_ood
 from e2rnas.errors import E2RNASError
 
+#: without a terminal, a progress line every this many steps within an epoch (and at every epoch's end)
+PLAIN_EVERY = 25
+
 
 class SearchProgress:
-    """Rich live view: epoch/step bar, objective values, gammas, N and F against the bounds, exact genotype cost."""
+    """Rich live view: epoch/step bar, objective values, gammas, N and F against the bounds, exact genotype cost.
+
+    Without a terminal (a pipe, a CI log) a live view prints nothing until it ends: one plain line per epoch (and
+    every ``PLAIN_EVERY`` steps) with the step time, the ETA and MGDA's weights instead."""
 
     def __init__(self, params_bound: float, flops_bound: float, enabled: bool = True,
-                 header: list[str] | None = None):
+                 header: list[str] | None = None, plain: bool | None = None):
         from rich.live import Live
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -30,7 +36,10 @@ class SearchProgress:
         self.task = None
         self.last: dict[str, Any] = {}
         self.started = False
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False) if enabled else None
+        self.plain = enabled and (not console.is_terminal if plain is None else plain)
+        self.live = (Live(self._render(), console=console, refresh_per_second=4, transient=False)
+                     if enabled and not self.plain else None)
+        self._clock: tuple[float, int] | None = None  # (time, global step) at the first step seen
 
     def _render(self):
         from rich.console import Group
@@ -59,6 +68,9 @@ class SearchProgress:
             self.live.__exit__(*exc)
 
     def on_step(self, rec: dict[str, Any]) -> None:
+        if self.plain:
+            self._plain_line(rec)
+            return
         if self.live and not self.started:
             for line in self.header:
                 console.print(line, highlight=False)
@@ -72,6 +84,30 @@ class SearchProgress:
         self.last = rec
         if self.live:
             self.live.update(self._render())
+
+
+    def _plain_line(self, rec: dict[str, Any]) -> None:
+        now, done = time.monotonic(), rec["epoch"] * rec["steps_per_epoch"] + rec["step"]
+        total = rec["steps_per_epoch"] * rec["epochs"]
+        if self._clock is None:
+            for line in self.header:
+                console.print(line, highlight=False)
+            self._clock = (now, done)
+            return
+        if rec["step"] % PLAIN_EVERY and rec["step"] != rec["steps_per_epoch"]:
+            return
+        per_step = (now - self._clock[0]) / max(done - self._clock[1], 1)
+        gammas = " ".join(f"{k} {v:.2f}" for k, v in rec.get("gammas", {}).items()) or "weights only (warm-up)"
+        console.print(f"search epoch {rec['epoch'] + 1}/{rec['epochs']} step {rec['step']}/"
+                      f"{rec['steps_per_epoch']}: {per_step:.2f} s/step, about {_duration(per_step * (total - done))}"
+                      f" left; gamma {gammas}; genotype {rec['exact_params_m']:.4f} M params, "
+                      f"{rec['exact_macs_m']:.2f} M MACs", highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 Objectives = Annotated[str | None, typer.Option("--objectives", help="Comma list of val,ood,adv,params,flops.")]

@@ -73,6 +73,9 @@ def test_run_with_baseline_ranks_the_searched_network(tmp_path):
     assert base["line"] in report
     assert "What steered the architecture: steered (gamma > 0.1) over 2 steps" in report
     assert (run_dir / "report" / "steering.png").is_file()
+    assert f"Handed-over genotype: {summary['genotype_text']}" in report
+    assert 0 < summary["final_entropy"] <= 1
+    assert summary["genotype_text"] == Genotype.from_dict(summary["genotype"]).describe()
     stages = [s["stage"] for s in json.loads((run_dir / "pipeline.json").read_text())["stages"]]
     assert stages[-2:] == ["baseline", "report"]
 

@@ -58,3 +58,29 @@ def test_steering_summary_and_line():
     table["params"]["steered_steps"] = 0
     assert steering_line(table).endswith("never: params")
     assert "no bi-level step ran" in steering_line(steering([]))
+
+
+def test_low_ranked_ops_warning_names_the_worst_override():
+    from e2rnas.search.derive import _edges
+    from e2rnas.search.guards import low_ranked_ops, search_warnings
+    from e2rnas.space.genotypes import GENOTYPES
+    from e2rnas.space.ops import PRIMITIVES
+
+    g = GENOTYPES["DARTS_V2"]
+    ranked = {k: torch.full((14, 8), 0.05) for k in ("normal", "reduce")}
+    for kind in ranked:  # every handed-over op first on its edge: nothing to warn about
+        for e, op in _edges(getattr(g, kind)):
+            ranked[kind][e, PRIMITIVES.index(op)] = 0.5
+    assert low_ranked_ops(g, ranked) == []
+    assert not [w for w in search_warnings(g, weights=ranked) if w.startswith("derivation")]
+    # normal edge 0 keeps sep_conv_3x3 (DARTS_V2: node 2, input 0); make it the lightest of 7 there
+    ranked["normal"][0] = torch.tensor([0.3, 0.2, 0.2, 0.2, 0.01, 0.2, 0.2, 0.2])  # sep_conv_3x3 is 4
+    low = low_ranked_ops(g, ranked)
+    assert low == [("normal", 0, "sep_conv_3x3", pytest.approx(0.01), pytest.approx(0.2))]
+    line = [w for w in search_warnings(g, weights=ranked) if w.startswith("derivation")][0]
+    assert "1 of 16 handed-over ops" in line and "sep_conv_3x3 on normal edge 0, weight 0.010" in line
+    # the middle rank (3 of the 6 others heavier) counts as the bottom half; 2 heavier does not
+    ranked["normal"][0] = torch.tensor([0.9, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1, 0.1])
+    assert len(low_ranked_ops(g, ranked)) == 1
+    ranked["normal"][0] = torch.tensor([0.9, 0.3, 0.3, 0.1, 0.1, 0.1, 0.1, 0.1])
+    assert low_ranked_ops(g, ranked) == []

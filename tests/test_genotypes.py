@@ -42,3 +42,13 @@ def test_not_json_and_missing_file(tmp_path):
 def test_frozen():
     with pytest.raises(AttributeError):
         GENOTYPES["DARTS_V2"].normal = ()
+
+
+def test_describe_is_one_line_per_network():
+    from e2rnas.space.genotypes import GENOTYPES
+
+    text = GENOTYPES["DARTS_V2"].describe()
+    assert text.startswith("normal [sep_conv_3x3 from 0, sep_conv_3x3 from 1; sep_conv_3x3 from 0, ")
+    assert text.endswith("reduce [max_pool_3x3 from 0, max_pool_3x3 from 1; skip_connect from 2, max_pool_3x3 from 1; "
+                         "max_pool_3x3 from 0, skip_connect from 2; skip_connect from 2, max_pool_3x3 from 1]")
+    assert "\n" not in text

@@ -363,6 +363,9 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
                f"weighting {summary.get('weighting')}, method {summary.get('method')}; genotype rule handed on: "
                f"**{summary.get('derive', 'darts')}** (derivation gap {_num(summary.get('derivation_gap'))} in "
                f"summed log strength; docs/derivation.md).", ""]
+        if summary.get("genotype_text"):
+            md += [f"Handed-over genotype: {summary['genotype_text']}; final mean normalised entropy of softmax(alpha) "
+                   f"{_num(summary.get('final_entropy'), 3)} (1 = uniform).", ""]
         if line := steering_summary_line(search_metrics):
             md += [f"What steered the architecture: {line} (docs/cost-forms.md).", ""]
     md += baseline_section(_load(run / "baseline" / "baseline.json"))

@@ -3,6 +3,8 @@
 - *No parametric op in the normal cell*: the network is its fixed part (stem, 1x1 pre-processing, classifier).
 - *Pool/skip collapse*: at most 2 of the normal cell's 8 ops are parametric.
 - *Skip collapse*: >= 3 ``skip_connect`` in the normal cell (DARTS' known failure mode).
+- *Overridden ranking*: a handed-over op sits in the bottom half of its edge (at least half of the edge's other
+  candidate ops have a larger softmax weight): the budget rule kept it for its cost, not for what the search learned.
 - *Indecision*: softmax(alpha) still close to uniform. Measure: the mean over all edges of both cell types of the
   normalised entropy H(p) / log(n) of the op weights (over the ops not pruned); > 0.95 means the derived genotype was
   picked from noise-level differences (uniform is 1.0; one op at 0.5 and seven at 1/14 gives 0.80).
@@ -34,6 +36,24 @@ def normalized_entropy(weights: torch.Tensor) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
+def low_ranked_ops(genotype: Genotype, weights: dict[str, torch.Tensor]) -> list[tuple[str, int, str, float, float]]:
+    """(cell, edge, op, its weight, the edge's largest weight) for each handed-over op in the bottom half of its
+    edge: at least half of the edge's other candidates (non-``none``, not pruned) are strictly heavier."""
+    from e2rnas.search.derive import _edges
+    from e2rnas.space.ops import PRIMITIVES
+
+    out = []
+    for kind in ("normal", "reduce"):
+        for edge, op in _edges(getattr(genotype, kind)):
+            row = weights[kind][edge].detach().double().cpu()
+            live = [i for i, name in enumerate(PRIMITIVES) if name != "none" and row[i] > 0]
+            w = float(row[PRIMITIVES.index(op)])
+            heavier = sum(float(row[i]) > w for i in live if PRIMITIVES[i] != op)
+            if heavier * 2 >= len(live) - 1 > 0:
+                out.append((kind, edge, op, w, max(float(row[i]) for i in live)))
+    return out
+
+
 def search_warnings(genotype: Genotype, *, weights: dict[str, torch.Tensor] | None = None) -> list[str]:
     """The warnings for a handed-over genotype (and the alphas' softmax weights it came from, when known)."""
     out = []
@@ -50,6 +70,12 @@ def search_warnings(genotype: Genotype, *, weights: dict[str, torch.Tensor] | No
     if skips > MAX_NORMAL_SKIPS:
         out.append(f"collapse: the normal cell has {skips} skip_connect edges (DARTS' skip collapse); use "
                    f"--derive budget with a params floor, or --method p-darts (at most 2 skips)")
+    if weights is not None and (low := low_ranked_ops(genotype, weights)):
+        kind, edge, op, w, best = min(low, key=lambda t: t[3] / t[4])
+        out.append(f"derivation: {len(low)} of {2 * len(genotype.normal)} handed-over ops sit in the bottom half of "
+                   f"their edge's softmax weights (worst: {op} on {kind} edge {edge}, weight {w:.3f} against the "
+                   f"edge's best {best:.3f}): the budget, not the search, chose them; widen the bounds "
+                   f"(--params-bound, --macs-bound, --latency-bound) or search longer")
     if weights is not None:
         h = normalized_entropy(torch.cat([weights["normal"], weights["reduce"]]))
         if h > INDECISION_ENTROPY:

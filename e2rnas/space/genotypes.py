@@ -71,6 +71,14 @@ class Genotype:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
+    def describe(self) -> str:
+        """One line for people: per cell, node k's two (op from input) pairs, nodes separated by ``;``."""
+        def cell(edges: tuple[Edge, ...]) -> str:
+            return "; ".join(", ".join(f"{op} from {i}" for op, i in edges[k:k + EDGES_PER_NODE])
+                             for k in range(0, len(edges), EDGES_PER_NODE))
+
+        return f"normal [{cell(self.normal)}], reduce [{cell(self.reduce)}]"
+
     @classmethod
     def from_json(cls, text: str) -> Genotype:
         try:

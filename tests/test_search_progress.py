@@ -1,0 +1,22 @@
+"""`e2rnas search` without a terminal: one plain progress line per epoch with step time, ETA and gamma."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_search_prints_progress_lines_when_piped(tmp_path):
+    out = tmp_path / "s"
+    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", "search", "--epochs", "2", "--warmup-epochs", "0",
+                           "--max-steps-per-epoch", "2", "--layers", "3", "--channels", "4", "--batch-size", "16",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("search epoch")]
+    assert [ln.split(":")[0] for ln in lines] == ["search epoch 1/2 step 2/2", "search epoch 2/2 step 2/2"], proc.stdout
+    pattern = (r"search epoch 2/2 step 2/2: \d+\.\d\d s/step, about 0m00s left; gamma val \d\.\d\d ood \d\.\d\d "
+               r"adv \d\.\d\d params \d\.\d\d flops \d\.\d\d; genotype \d\.\d{4} M params, \d+\.\d\d M MACs")
+    assert re.fullmatch(pattern, lines[-1]), lines[-1]
+    assert "run directory:" in proc.stdout.split("search epoch")[0]  # the header comes first
