@@ -2,16 +2,16 @@
 
     python benchmarks/quality.py --data ../shared/data --out runs/quality --seeds 0,1
 
-Every entry is one genotype of the DARTS space on one deploy network (``--scale``) under one budget (L, F and T
-from a CPU latency table of that network): E2RNAS with the tool's default (band cost form, MGDA), E2RNAS in the
-paper's form (two-sided targets in M params and M MACs, eq. 10's raw-gradient step), DARTS (validation loss
-only) and E2RNAS with equal weights, each searched once per seed and derived by the budget rule; ``--random``
-genotypes drawn uniformly among those meeting the same budget and caps (``e2rnas.search.random_genotypes``); the published genotypes the tool ships,
-where they fit. Every genotype is retrained with the same schedule and seed on the 10k CIFAR-10 training subset and
-evaluated the same way on the 10k test set (clean accuracy, OoD AUPR against MNIST with OoD positive, PGD accuracy
-on a seeded class-mixed sample, exact params/MACs, ONNX Runtime latency at batch 1). The test set selects nothing:
-the retrain reports its last epoch. Results go to ``OUT/quality.json``, ``OUT/quality.md`` and ``OUT/pareto.png``;
-a rerun skips what is on disk (and resumes a search or retrain that was stopped).
+Every entry is one genotype of the DARTS space on one deploy network (``--scale``) under one budget (L, F and T from
+a CPU latency table of that network): E2RNAS with the tool's default (band cost form, MGDA), E2RNAS in the paper's
+form (two-sided targets in M params and M MACs, eq. 10's raw-gradient step), DARTS (validation loss only) and E2RNAS
+with equal weights, each searched once per seed and derived by the budget rule; ``--random`` genotypes drawn
+uniformly among those meeting the same budget and caps (``e2rnas.search.random_genotypes``); the published genotypes
+the tool ships, where they fit. Every genotype is retrained with the same schedule and seed on the 10k CIFAR-10
+training subset and evaluated the same way on the 10k test set (clean accuracy, OoD AUPR against MNIST with OoD
+positive, PGD accuracy on a seeded class-mixed sample, exact params/MACs, ONNX Runtime latency at batch 1). The test
+set selects nothing: the retrain reports its last epoch. Results go to ``OUT/quality.json``, ``OUT/quality.md`` and
+``OUT/pareto.png``; a rerun skips what is on disk (and resumes a search or retrain that was stopped).
 """
 
 from __future__ import annotations
