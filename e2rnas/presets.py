@@ -51,7 +51,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # those methods' search settings (P-DARTS' train_search.py and the authors' pdarts_e2rnas.sh: 25 epochs a stage,
 # 10 of them weight-only, arch lr 6e-4, first order, alpha-gradient clip 5, w lr 0.025 -> 0, cutout 16, skip
 # dropout 0/0.4/0.7 decaying within a stage, batch 48; PC-DARTS: first order, K=4, batch 256, w lr 0.1, arch lr
-# 6e-4, 15 weight-only epochs).
+# 6e-4, 15 weight-only epochs, w lr to 0).
 PRESETS["paper-pdarts"] = {
     **PRESETS["paper"],
     "search": PRESETS["paper"]["search"] | dict(
@@ -62,7 +62,7 @@ PRESETS["paper-pdarts"] = {
 PRESETS["paper-pcdarts"] = {
     **PRESETS["paper"],
     "search": PRESETS["paper"]["search"] | dict(
-        method="pc-darts", partial_channels=4, first_order=True, batch_size=256, w_lr=0.1, a_lr=6e-4,
+        method="pc-darts", partial_channels=4, first_order=True, batch_size=256, w_lr=0.1, w_lr_min=0.0, a_lr=6e-4,
         warmup_epochs=15),
 }
 
