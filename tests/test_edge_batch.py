@@ -239,3 +239,26 @@ def test_float32_search_step_inputs_unchanged():
         outs.append(functional_call(copy.deepcopy(model), params, (x,)))
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
     assert not torch.allclose(outs[1], model(x))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_pooling_runs_per_edge_when_its_bn_buffers_differ(train):
+    """State written by the per-edge loop can hold different pooling-BN statistics on the edges of one state: the
+    batched cell must then run those edges' pooling on their own (eval outputs, and train-mode buffer updates)."""
+    torch.manual_seed(0)
+    model = SearchNetwork(C=4, layers=3, num_classes=5).double()
+    g = torch.Generator().manual_seed(5)
+    for name, buf in model.named_buffers():  # every pooling BN its own running statistics
+        if name.endswith(("running_mean", "running_var")) and (".ops.1." in name or ".ops.2." in name):
+            if buf.is_floating_point():
+                buf.copy_(torch.rand(buf.shape, generator=g, dtype=buf.dtype) + 0.5)
+    x = torch.rand(4, 3, 16, 16, generator=g, dtype=torch.float64)
+    y = torch.arange(4) % 5
+    if train:
+        _compare(model, x, y)
+    else:
+        twin = copy.deepcopy(model)
+        model.eval(), twin.eval()
+        _set_batched(model, False), _set_batched(twin, True)
+        with torch.no_grad():
+            torch.testing.assert_close(twin(x), model(x), rtol=1e-10, atol=1e-10)

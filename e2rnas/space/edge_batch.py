@@ -56,6 +56,13 @@ def _copy_bn_buffers(pairs: list[tuple[nn.BatchNorm2d, nn.BatchNorm2d]]) -> None
                              [getattr(s, n) for s, _ in pairs for n in names])
 
 
+def _same_buffers(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two batch norms hold the same running statistics (then one pass serves both, eval or train)."""
+    if a is b or not getattr(a, "track_running_stats", False):
+        return True
+    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("running_mean", "running_var", "num_batches_tracked"))
+
+
 def _blocks(op: nn.Module) -> list[DilConv]:
     return list(op) if isinstance(op, SepConv) else [op]
 
@@ -123,14 +130,22 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
         if isinstance(op, (SepConv, DilConv)):
             relu = relu or {j: F.relu(states[j]) for _, j in group}
             y = _conv(torch.cat([relu[j] for _, j in group], dim=1), ops)
-        elif k in m0.pooling:  # pooling + its affine-free BN: the same for every edge of a state
-            pooled: dict[int, tuple[nn.Module, torch.Tensor]] = {}  # state -> (the edge op that ran it, its map)
+        elif k in m0.pooling:  # pooling + its affine-free BN: the same for every edge of a state with equal buffers
+            pooled: dict[int, list[tuple[nn.Module, torch.Tensor]]] = {}  # state -> (edge op that ran, its map)
+            maps = []
+            # Buffers differ only in state written by the per-edge loop (batched training keeps them equal): check
+            # them in eval mode and on the CPU; CUDA training skips the check, a host sync per edge
+            check = not m0.training or inputs[0].device.type != "cuda"
             for o, (_, j) in zip(ops, group, strict=True):
-                if j not in pooled:
-                    pooled[j] = (o, o(states[j]))
-                elif o.training:  # the same statistics as the edge that ran it
-                    syncs.append((pooled[j][0][1], o[1]))
-            y = torch.cat([pooled[j][1] for _, j in group], dim=1)
+                ran = next(((src, m) for src, m in pooled.get(j, [])
+                            if not check or _same_buffers(src[1], o[1])), None)
+                if ran is None:  # the first edge of this state, or one whose running statistics differ
+                    ran = (o, o(states[j]))
+                    pooled.setdefault(j, []).append(ran)
+                elif o.training:  # the same update of the same statistics as the edge that ran it
+                    syncs.append((ran[0][1], o[1]))
+                maps.append(ran[1])
+            y = torch.cat(maps, dim=1)
         elif k == m0.skip and isinstance(op, Identity):
             y = torch.cat(inputs, dim=1)
             if m0.stride == 1 and m0.skip_dropout > 0:  # P-DARTS: an independent mask per edge
