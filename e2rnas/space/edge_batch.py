@@ -60,7 +60,8 @@ def _same_buffers(a: nn.Module, b: nn.Module) -> bool:
     """Whether two batch norms hold the same running statistics (then one pass serves both, eval or train)."""
     if a is b or not getattr(a, "track_running_stats", False):
         return True
-    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in ("running_mean", "running_var", "num_batches_tracked"))
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    return all(torch.equal(getattr(a, n), getattr(b, n)) for n in names)
 
 
 def _blocks(op: nn.Module) -> list[DilConv]:
