@@ -79,6 +79,14 @@ def _weights(path: str) -> list[np.ndarray]:
 @pytest.mark.parametrize("scheme", [*INT8_SCHEMES, "auto"])
 def test_each_scheme_keeps_top1_agreement_on_digits_and_is_recorded(trained, tmp_path, scheme):
     fp32, int8 = export_model(trained, out_dir=tmp_path, int8_scheme=scheme, **INT8)
+    cpu = cpu_features()
+    saturating = cpu["arch"] == "x86_64" and not cpu["vnni"] and scheme in ("u8s8", "s8s8")
+    if saturating and fp32.ok and not int8.ok:
+        # x86 without VNNI: u8 x s8 pair sums can saturate int16 (docs/int8-cpu.md); the parity gate refusing the
+        # file and naming the schemes to try is the documented behaviour, and no int8 file is left behind
+        assert "try --int8-scheme" in str(int8.details) and int8.path is None, int8.details
+        assert not (tmp_path / "model.int8.onnx").exists()
+        return
     assert fp32.ok and int8.ok, int8.details
     assert int8.top1_agreement >= 0.9  # the threshold of test_int8_onnx_keeps_top1_agreement_on_digits
     parity = int8.details["parity"]
