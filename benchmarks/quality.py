@@ -20,6 +20,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -278,6 +279,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-epochs", type=int, help="override the scale's retrain epochs")
     ap.add_argument("--steps-per-epoch", type=int, help="override the scale's search steps per epoch")
     ap.add_argument("--no-published", action="store_true", help="leave the shipped genotypes out")
+    ap.add_argument("--part", choices=("all", "searched", "random"), default="all",
+                    help="run only this part of the entries (two processes of one thread each share 2 cores better "
+                         "than one of two; the last to finish writes the whole table)")
+    ap.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
     args = ap.parse_args(argv)
     scale = SCALES[args.scale]
     if args.train_epochs:
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     for f in ("cifar10_train_10k.npz", "cifar10_test.npz", "mnist_test_32x32x3.npz"):
         if not (args.data / f).is_file():
             raise SystemExit(f"error: {args.data / f} not found; pass --data with the shared CIFAR-10/MNIST .npz files")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or max(1, torch.get_num_threads()))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.txt"
@@ -327,8 +332,8 @@ def main(argv: list[str] | None = None) -> None:
             if not _violations(g, costs, model.primitives):
                 work.append((f"published-{name}", "published", g, None))
     log(f"{len(work)} entries: " + ", ".join(w[0] for w in work))
-    for name, group, what, seed in work:
-        extra: dict[str, Any] = {}
+    mine = [w for w in work if args.part == "all" or (w[2] == "search") == (args.part == "searched")]
+    for name, group, what, seed in mine:
         if what == "search":
             folder = out / "search" / name
             summary = _read(folder / "summary.json")
@@ -338,17 +343,29 @@ def main(argv: list[str] | None = None) -> None:
                 summary = run_search(cfg, out_dir=folder, resume=(folder / "checkpoint.pt").is_file())
                 log(f"search {name}: {time.time() - t0:.0f} s, warnings {summary['warnings']}")
             genotype = Genotype.from_dict(summary["genotype"])
-            extra = {"search_seed": seed, "derivation_gap": summary["derivation_gap"],
-                     "search_dir": str(folder), "search_val_accuracy": summary["val_accuracy"]}
         else:
             genotype = what
-        result = retrain_and_eval(name, genotype, scale=scale, data=args.data.resolve(), out=out,
-                                  device=args.device, lut_table=table, log=log)
+        retrain_and_eval(name, genotype, scale=scale, data=args.data.resolve(), out=out, device=args.device,
+                         lut_table=table, log=log)
+    entries, pending = [], []
+    for name, group, what, seed in work:  # every entry on disk, whichever process made it
+        result = _read(out / "entries" / name / "result.json")
+        if result is None:
+            pending.append(name)
+            continue
+        extra: dict[str, Any] = {}
+        if what == "search":
+            summary = _read(out / "search" / name / "summary.json")
+            extra = {"search_seed": seed, "derivation_gap": summary["derivation_gap"],
+                     "search_dir": str(out / "search" / name), "search_val_accuracy": summary["val_accuracy"],
+                     "search_warnings": summary["warnings"]}
         entries.append(result | {"group": group} | extra)
-        results = {"budget": b, "scale": asdict(scale), "random_acceptance": draws.acceptance, "entries": entries,
-                   "seconds": round(time.time() - t_start, 1), "command": "python benchmarks/quality.py "
-                   + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
-        _write_json(out / "quality.json", results)
+    results = {"budget": b, "scale": asdict(scale), "random_acceptance": draws.acceptance, "entries": entries,
+               "pending": pending, "seconds_this_process": round(time.time() - t_start, 1),
+               "command": "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+    _write_json(out / "quality.json", results)
+    if pending:
+        log(f"not yet on disk (another process, or a later run): {', '.join(pending)}")
     text = tables(results)
     atomic_write_text(out / "quality.md", text + "\n")
     pareto_plot(results, out / "pareto.png")
