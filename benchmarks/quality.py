@@ -128,9 +128,7 @@ def train_config(scale: Scale, data: Path, device: str):
 def evaluate_entry(model_pt: Path, scale: Scale, data: Path, device: str, lut_table, work: Path) -> dict[str, Any]:
     """Clean accuracy on every test image, AUPR (OoD positive) against MNIST's held-out part, PGD accuracy on a
     seeded class-mixed sample, exact cost, table latency and ONNX Runtime latency (batch 1, p50 of 300 calls)."""
-    from e2rnas.deploy_targets.runners import OrtRunner
     from e2rnas.evaluation.evaluate import evaluate, protocol_from
-    from e2rnas.export.onnx_export import export_onnx
     from e2rnas.model_io import load_model
     from e2rnas.predict import TorchPredictor
     from e2rnas.space.network import count_macs, count_params
@@ -145,17 +143,28 @@ def evaluate_entry(model_pt: Path, scale: Scale, data: Path, device: str, lut_ta
                      metrics=("accuracy", "ood"))
     robust = evaluate(pred, test=test, protocol=protocol_from("paper", max_samples=scale.pgd_samples),
                       metrics=("robustness",))
-    onnx_path = work / "model.onnx"
-    export_onnx(loaded.model.cpu().eval(), onnx_path, input_size=size, exporter="torchscript", opset=17)
-    with OrtRunner(onnx_path, threads=2) as runner:
-        lat = runner.measure(1, warmup=20, runs=300)
-    onnx_path.unlink()
     return {"accuracy": clean["clean_acc"], "aupr_out": clean["ood"]["aupr_out"], "pgd_acc": robust["pgd_acc"],
             "params_m": count_params(loaded.model, exclude_aux=True) / 1e6,
             "macs_m": count_macs(loaded.model, input_size=size) / 1e6,
             "table_latency_ms": float(lut_table.genotype_ms(loaded.genotype)),
-            "ort_p50_ms": lat.p50_ms, "samples": {"test": len(test), "pgd": robust["samples"]["test"],
+            "ort_p50_ms": ort_latency(model_pt, size, work), "samples": {"test": len(test), "pgd": robust["samples"]["test"],
                                                    "ood": len(ood)}}
+
+
+def ort_latency(model_pt: Path, size: int, work: Path) -> float:
+    """ONNX Runtime p50 latency (ms) at batch 1, 2 threads, 300 calls after 20 warm-ups (TorchScript export)."""
+    from e2rnas.deploy_targets.runners import OrtRunner
+    from e2rnas.export.onnx_export import export_onnx
+    from e2rnas.model_io import load_model
+
+    onnx_path = work / "model.onnx"
+    export_onnx(load_model(model_pt).model.cpu().eval(), onnx_path, input_size=size, exporter="torchscript",
+                opset=17)
+    try:
+        with OrtRunner(onnx_path, threads=2) as runner:
+            return runner.measure(1, warmup=20, runs=300).p50_ms
+    finally:
+        onnx_path.unlink()
 
 
 def retrain_and_eval(name: str, genotype, *, scale: Scale, data: Path, out: Path, device: str, lut_table,
@@ -283,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="run only this part of the entries (two processes of one thread each share 2 cores better "
                          "than one of two; the last to finish writes the whole table)")
     ap.add_argument("--threads", type=int, help="torch threads of this process (default: torch's)")
+    ap.add_argument("--remeasure-latency", action="store_true",
+                    help="time every finished entry's ONNX file again, one after another (run it on an idle machine: "
+                         "latencies timed while other entries train are not comparable)")
     args = ap.parse_args(argv)
     scale = SCALES[args.scale]
     if args.train_epochs:
@@ -333,6 +345,16 @@ def main(argv: list[str] | None = None) -> None:
                 work.append((f"published-{name}", "published", g, None))
     log(f"{len(work)} entries: " + ", ".join(w[0] for w in work))
     mine = [w for w in work if args.part == "all" or (w[2] == "search") == (args.part == "searched")]
+    if args.remeasure_latency:
+        mine = []
+        for name, *_ in work:
+            path = out / "entries" / name / "result.json"
+            if (result := _read(path)) is not None:
+                result["ort_p50_ms"] = ort_latency(out / "entries" / name / "train" / "model.pt", scale.image_size,
+                                                   path.parent)
+                result["latency_timed"] = "alone, after the study (--remeasure-latency)"
+                _write_json(path, result)
+                log(f"{name}: ORT p50 {result['ort_p50_ms']:.3f} ms")
     for name, group, what, seed in mine:
         if what == "search":
             folder = out / "search" / name
