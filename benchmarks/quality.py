@@ -147,8 +147,8 @@ def evaluate_entry(model_pt: Path, scale: Scale, data: Path, device: str, lut_ta
             "params_m": count_params(loaded.model, exclude_aux=True) / 1e6,
             "macs_m": count_macs(loaded.model, input_size=size) / 1e6,
             "table_latency_ms": float(lut_table.genotype_ms(loaded.genotype)),
-            "ort_p50_ms": ort_latency(model_pt, size, work), "samples": {"test": len(test), "pgd": robust["samples"]["test"],
-                                                   "ood": len(ood)}}
+            "ort_p50_ms": ort_latency(model_pt, size, work),
+            "samples": {"test": len(test), "pgd": robust["samples"]["test"], "ood": len(ood)}}
 
 
 def ort_latency(model_pt: Path, size: int, work: Path) -> float:
