@@ -295,7 +295,7 @@ def _measure_remote(path: Path, *, target: Target, batch_sizes: Sequence[int], w
     res = run_remote(path, ssh_config=ssh, batch_sizes=batch_sizes, warmup=warmup, runs=runs, duration=duration,
                      backend=backend, providers=target.ort_providers, threads=threads, precision=target.precision,
                      workspace_mb=target.workspace_mb, cuda_graph=target.cuda_graph,
-                     input_name=facts.get("input_name") or "images", input_shape=shape)
+                     input_name=facts.get("input_name") or "images", input_shape=shape, trtexec=target.trtexec)
     latency: dict[str, Any] = {str(r["batch"]): r for r in res.get("results", [])}
     latency.update({b: {"skipped": reason} for b, reason in (res.get("errors") or {}).items()})
     device = res.get("device") or {}

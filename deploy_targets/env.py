@@ -69,10 +69,32 @@ def package_version(name: str) -> str | None:
 
 
 def tensorrt_version() -> str | None:
+    """The pip distribution's version, else the version of a ``tensorrt`` module already imported (NVIDIA's apt
+    packages and tar files install the module without pip metadata), else None (unknown: callers say so)."""
+    import sys
+
     for dist in ("tensorrt", "tensorrt-cu12", "tensorrt-cu13", "tensorrt_libs"):
         v = package_version(dist)
         if v:
             return v
+    module = sys.modules.get("tensorrt")
+    return getattr(module, "__version__", None) if module is not None else None
+
+
+#: both wheels install the same ``onnxruntime`` package; whichever was installed last owns the shared files
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def onnxruntime_install_problem(installed: dict[str, str | None] | None = None) -> str | None:
+    """One line when ``onnxruntime`` and ``onnxruntime-gpu`` are installed side by side, else None.
+
+    They overwrite each other's files, so the CUDA provider is present or missing depending on the install order
+    (microsoft/onnxruntime#26996, #7748; ONNX Runtime's install guide: only one of them in an environment)."""
+    have = installed if installed is not None else {d: package_version(d) for d in ORT_DISTRIBUTIONS}
+    if have.get("onnxruntime") and have.get("onnxruntime-gpu"):
+        return (f"onnxruntime {have['onnxruntime']} and onnxruntime-gpu {have['onnxruntime-gpu']} are both installed "
+                "and overwrite each other's files (the CUDA provider goes missing): pip uninstall -y onnxruntime "
+                "onnxruntime-gpu && pip install 'onnxruntime-gpu>=1.17'")
     return None
 
 

@@ -104,6 +104,30 @@ def identity_problem(recorded: Mapping[str, Any], current: GpuIdentity | None, *
     return None
 
 
+def identity_notes(recorded: Mapping[str, Any], current: GpuIdentity | None) -> list[str]:
+    """What ``identity_problem`` could not compare, or compared and let pass, in one line each (for the record).
+
+    A TensorRT installed from NVIDIA's apt repository or tar file has no pip metadata: when neither that nor the
+    imported module tells the version here, the version check is skipped and this says so. The UUID never refuses
+    (another card of the same model runs the engine), but the record says whether it is the card that built it."""
+    if current is None or not recorded:
+        return []
+    notes = []
+    want_trt = recorded.get("tensorrt")
+    if not want_trt:
+        notes.append("the engine records no TensorRT version: the version check was skipped")
+    elif not current.tensorrt:
+        notes.append(f"TensorRT version here unknown (no package metadata: apt or tar install?): the engine's "
+                     f"TensorRT {want_trt} was not compared")
+    want_uuid = recorded.get("uuid")
+    if want_uuid and current.uuid:
+        notes.append(f"same GPU that built it ({current.uuid})" if str(want_uuid) == current.uuid else
+                     f"built on another {current.name} ({want_uuid}); this card is {current.uuid}")
+    elif not want_uuid:
+        notes.append("the engine records no GPU UUID: whether this is the card that built it is unknown")
+    return notes
+
+
 _NAME_TAG = re.compile(r"\.trt(\d+(?:\.\d+)*)\.sm(\d+)(\d)(?:\.([a-z0-9-]+))?"
                        r"\.(?:fp32|fp16|int8|best)\.(?:engine|plan)$")
 
@@ -142,6 +166,11 @@ def engine_identity_problem(engine: Path, current: GpuIdentity | None) -> str | 
     if not recorded:
         return None
     return identity_problem(recorded, current, what=f"{Path(engine).name}")
+
+
+def engine_identity_notes(engine: Path, current: GpuIdentity | None) -> list[str]:
+    """``identity_notes`` for an engine file, from its sidecar or name."""
+    return identity_notes(recorded_identity(engine), current)
 
 
 def target_problem(*, target_name: str, compute_capability: str | None, current: GpuIdentity | None) -> str | None:

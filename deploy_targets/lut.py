@@ -265,9 +265,12 @@ def _local_ort_target(target: str | Target) -> Target:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
+            from e2rnas.deploy_targets.env import onnxruntime_install_problem
+
+            fix = onnxruntime_install_problem() or ("run `e2rnas lut` on the GPU host with onnxruntime-gpu in place "
+                                                    "of onnxruntime (docs/deploy-sources.md)")
             raise LatencyTableError(f"target {t.name} times ops with ONNX Runtime's CUDA provider, which this "
-                                    f"machine lacks (providers: {', '.join(ort.get_available_providers())}); run "
-                                    f"`e2rnas lut` on the GPU host with the gpu extra (pip install -e '.[gpu]')")
+                                    f"machine lacks (providers: {', '.join(ort.get_available_providers())}); {fix}")
     return t
 
 

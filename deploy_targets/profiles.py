@@ -68,6 +68,7 @@ class Target:
     l4t: str | None = None  # its L4T (Linux for Tegra) release
     power_mode: str | None = None  # nvpmodel mode the numbers should be taken in (recorded, compared, not set)
     cuda_graph: bool = False  # replay torch CUDA / TensorRT calls through a CUDA graph
+    trtexec: str | None = None  # trtexec on the device when it is not on PATH, /usr/src/tensorrt/bin or /usr/bin
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -89,6 +90,8 @@ class Target:
             raise TargetError(f"{where}: compute_capability must look like '8.7', got {self.compute_capability!r}")
         if self.device == "cpu" and "tensorrt" in self.backends:
             raise TargetError(f"{where}: TensorRT needs device: cuda")
+        if self.trtexec is not None and not re.fullmatch(r"/[A-Za-z0-9._/+-]+", self.trtexec):
+            raise TargetError(f"{where}: trtexec must be an absolute path on the device, got {self.trtexec!r}")
         version_allowed("0", self.tensorrt)  # raises on a malformed spec
 
     def supports_tensorrt(self, version: str) -> bool:

@@ -201,7 +201,7 @@ def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequ
                runs: int | None = None, duration: float | None = None, backend: str = "auto",
                providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None,
                precision: str = "fp32", workspace_mb: int | None = None, cuda_graph: bool = False,
-               input_name: str = "images", input_shape: Sequence[int] = (3, 32, 32),
+               input_name: str = "images", input_shape: Sequence[int] = (3, 32, 32), trtexec: str | None = None,
                timeout: float = 1800) -> dict[str, Any]:
     """Latency of ``artifact`` measured on the device; the parsed runner JSON plus where it ran."""
     artifact = Path(artifact)
@@ -212,6 +212,8 @@ def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequ
                           "export it first (e2rnas export --onnx)")
     if not re.fullmatch(r"[A-Za-z0-9_.:-]+", input_name):
         raise RemoteError(f"unusual input name {input_name!r}")
+    if trtexec is not None and not (trtexec.startswith("/") and _SAFE_PATH.match(trtexec)):
+        raise RemoteError(f"bad trtexec path {trtexec!r}: give an absolute path on the device")
     plan = artifact_plan(artifact)
     if backend in ("tensorrt", "trtexec"):
         from e2rnas.export.graph_facts import tensorrt_problem
@@ -234,6 +236,7 @@ def run_remote(artifact: str | Path, *, ssh_config: SshConfig, batch_sizes: Sequ
         argv += ["--threads", str(int(threads))] if threads else []
         argv += ["--workspace-mb", str(int(workspace_mb))] if workspace_mb else []
         argv += ["--cuda-graph"] if cuda_graph else []
+        argv += ["--trtexec", trtexec] if trtexec else []
         # "=": a dims string starting with -1 (dynamic batch) would otherwise read as an option
         argv += ["--input-dims=" + "x".join(str(int(d)) for d in plan["dims"])] if plan.get("dims") else []
         argv += ["--graph-precision", plan["precision"]] if artifact.suffix == ".onnx" else []

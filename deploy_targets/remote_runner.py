@@ -89,7 +89,7 @@ def _cmd(argv, timeout=10):
     return (out.stdout + out.stderr).strip() if out.returncode == 0 else None
 
 
-def _tensorrt_version():
+def _tensorrt_version(trtexec=None):
     """The device's TensorRT: the Python package, else the Debian packages (JetPack ships trtexec in
     libnvinfer-bin), else the version trtexec prints in its banner."""
     try:
@@ -102,14 +102,19 @@ def _tensorrt_version():
         version = _cmd(["dpkg-query", "-W", "-f=${Version}", pkg])
         if version:
             return version.split("-")[0].split("+")[0]
-    exe = find_trtexec()
-    if exe:
-        try:
-            out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30)
-            return parse_trt_version(out.stdout + out.stderr)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    return None
+    exe = find_trtexec(trtexec)
+    return trtexec_version(exe) if exe else None
+
+
+def trtexec_version(exe):
+    """The TensorRT version of *this* trtexec binary (another install's Python package may differ): every run,
+    ``--help`` included, starts with the banner "&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # ..."
+    (``reportTestStart`` before the options are read: samples/trtexec/trtexec.cpp, main)."""
+    try:
+        out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return parse_trt_version(out.stdout + out.stderr)
 
 
 def parse_trt_version(text):
@@ -143,19 +148,29 @@ def _gpu_facts():
     return {keys[i]: parts[i] for i in range(min(len(keys), len(parts))) if parts[i]}  # no zip(strict=): 3.8
 
 
-def device_facts():
-    facts = {"hostname": platform.node(), "machine": platform.machine(), "platform": platform.platform(),
-             "python": platform.python_version(), "numpy": np.__version__, "cpu_count": os.cpu_count(),
-             "model": _read("/proc/device-tree/model")}
-    cpu = _read("/proc/cpuinfo") or ""
+def release_facts(root="/"):
+    """Board and L4T release from the files every JetPack has (``/proc/device-tree/model``,
+    ``/etc/nv_tegra_release``: "# R36 (release), REVISION: 4.7, ..." is L4T 36.4.7); ``root`` for tests."""
+    def read(path):
+        return _read(os.path.join(root, path.lstrip("/")))
+
+    facts = {"model": read("/proc/device-tree/model")}
+    cpu = read("/proc/cpuinfo") or ""
     m = re.search(r"^(?:model name|Model|Hardware)\s*:\s*(.+)$", cpu, re.M)
     facts["cpu"] = m.group(1).strip() if m else None
-    tegra = _read("/etc/nv_tegra_release")
+    tegra = read("/etc/nv_tegra_release")
     if tegra:
         m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", tegra)
-        facts["l4t"] = f"{m.group(1)}.{m.group(2)}" if m else tegra.splitlines()[0]
+        facts["l4t"] = f"{m.group(1)}.{m.group(2).rstrip('.')}" if m else tegra.splitlines()[0]
+    return facts
+
+
+def device_facts(trtexec=None):
+    facts = {"hostname": platform.node(), "machine": platform.machine(), "platform": platform.platform(),
+             "python": platform.python_version(), "numpy": np.__version__, "cpu_count": os.cpu_count()}
+    facts.update(release_facts())
     facts["jetpack"] = _cmd(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"])
-    facts["tensorrt"] = _tensorrt_version()
+    facts["tensorrt"] = _tensorrt_version(trtexec)
     facts.update(_gpu_facts())
     nvcc = _cmd(["nvcc", "--version"]) or _cmd(["/usr/local/cuda/bin/nvcc", "--version"])
     m = re.search(r"release ([\d.]+)", nvcc or "")
@@ -179,8 +194,38 @@ def device_facts():
     return facts
 
 
+#: rails that measure the whole module's input (Orin Nano/NX, Xavier NX, TX2: VDD_IN; Nano: POM_5V_IN)
+TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
+#: AGX Orin has no total rail: its module inputs are these three channels of the first INA3221 (Jetson Linux
+#: Developer Guide, "Jetson Orin ... Power Monitor"); their sum is the module power (carrier board excluded)
+AGX_ORIN_RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
+_RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*[A-Z0-9])\s+(\d+)(?:mW)?/(\d+)(?:mW)?\b")
+
+
+def parse_tegrastats(lines):
+    """Mean power of each rail over tegrastats lines (``NAME cur/avg``, with or without ``mW``), and the module
+    power: a total rail where the module has one, else the AGX Orin sum. None when no line has a rail."""
+    samples = {}
+    for line in lines:
+        for name, cur, _avg in _RAIL.findall(line):
+            samples.setdefault(name, []).append(int(cur))
+    if not samples:
+        return None
+    rails = {name: sum(v) / len(v) for name, v in samples.items()}
+    total = next((r for r in TOTAL_RAILS if r in rails), None)
+    if total:
+        mean, rail, n = rails[total], total, len(samples[total])
+    elif all(r in rails for r in AGX_ORIN_RAILS):
+        mean, rail = sum(rails[r] for r in AGX_ORIN_RAILS), "+".join(AGX_ORIN_RAILS)
+        n = min(len(samples[r]) for r in AGX_ORIN_RAILS)
+    else:
+        mean, rail, n = None, None, max(len(v) for v in samples.values())
+    return {"mean_mw": mean, "samples": n, "rail": rail, "rails_mean_mw": rails,
+            "note": None if rail else "no total rail known for this module: see rails_mean_mw"}
+
+
 class PowerSampler:
-    """tegrastats in the background during timing; mean VDD_IN (or POM_5V_IN) in mW when the device reports it."""
+    """tegrastats in the background during timing; the module's mean power and every rail (``parse_tegrastats``)."""
 
     def __init__(self):
         self.proc = None
@@ -207,28 +252,50 @@ class PowerSampler:
             self.lines = out.splitlines()
 
     def result(self):
-        values = []
-        for line in getattr(self, "lines", []):
-            m = re.search(r"(?:VDD_IN|POM_5V_IN)\s+(\d+)(?:mW)?/(\d+)", line)
-            if m:
-                values.append(int(m.group(1)))
-        if not values:
-            return None
-        return {"mean_mw": sum(values) / len(values), "samples": len(values), "rail": "VDD_IN/POM_5V_IN",
-                "last_line": self.lines[-1][:300] if self.lines else None}
+        lines = getattr(self, "lines", [])
+        power = parse_tegrastats(lines)
+        if power is not None:
+            power["last_line"] = lines[-1][:400] if lines else None
+        return power
 
 
 # ------------------------------------------------------------------------------------------- ONNX Runtime
-def run_onnxruntime(args, batches):
-    import onnxruntime as ort
+#: ONNX Runtime's input type -> numpy dtype (an fp16 export declares float16 input)
+ORT_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
+
+def ort_provider_problem(requested, available):
+    """Why ONNX Runtime here cannot honour the requested GPU providers (None when it can). There is no aarch64
+    onnxruntime-gpu on PyPI (microsoft/onnxruntime#20503): a stock JetPack's pip ORT has the CPU provider only."""
+    missing = [p for p in requested if p != "CPUExecutionProvider" and p not in available]
+    if not missing:
+        return None
+    return (f"ONNX Runtime on this device has no {', '.join(missing)} (available: {', '.join(available)}); PyPI has "
+            "no aarch64 onnxruntime-gpu: install a Jetson build of onnxruntime-gpu, or run a TensorRT-compatible "
+            "file (symmetric Q/DQ int8, fp16 or fp32) through trtexec/TensorRT")
+
+
+def _import_ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise RunnerError(f"onnxruntime is not installed on this device ({exc}); JetPack ships TensorRT and "
+                          "trtexec, not ONNX Runtime: run a TensorRT-compatible file, or install onnxruntime") from exc
+    return ort
+
+
+def run_onnxruntime(args, batches):
+    ort = _import_ort()
+    requested = [p for p in args.providers.split(",") if p]
+    problem = ort_provider_problem(requested, ort.get_available_providers())
+    if problem:
+        raise RunnerError(problem)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     if args.threads:
         opts.intra_op_num_threads = args.threads
-    requested = [p for p in args.providers.split(",") if p]
     providers = requested + ([] if "CPUExecutionProvider" in requested else ["CPUExecutionProvider"])
     session = ort.InferenceSession(args.artifact, sess_options=opts, providers=providers)
     used = session.get_providers()
@@ -237,6 +304,9 @@ def run_onnxruntime(args, batches):
         raise RunnerError(f"ONNX Runtime fell back to the CPU: {', '.join(missing)} requested, session uses "
                           f"{', '.join(used)}")
     inp = session.get_inputs()[0]
+    dtype = ORT_INPUT_DTYPES.get(inp.type)
+    if dtype is None:
+        raise RunnerError(f"input {inp.name!r} is {inp.type}; the runner feeds float or float16 images")
     shape = [d if isinstance(d, int) else None for d in inp.shape]
     chw = tuple(shape[1:]) if all(shape[1:]) else args.shape
     results, errors = [], {}
@@ -244,12 +314,12 @@ def run_onnxruntime(args, batches):
         if shape[0] not in (None, b):
             errors[str(b)] = f"the model has a fixed batch of {shape[0]}"
             continue
-        x = np.random.default_rng(0).random((b, *chw), dtype=np.float32)
+        x = np.random.default_rng(0).random((b, *chw), dtype=np.float32).astype(dtype)
         feed = {inp.name: x}
         times, power = timing_loop(lambda feed=feed: session.run(None, feed), args.warmup, args.runs,
                                    args.duration)
         results.append({**summarize(times, b, "perf_counter_ns"), "power": power})
-    return {"backend": "onnxruntime", "providers": used}, results, errors
+    return {"backend": "onnxruntime", "providers": used, "input_type": inp.type}, results, errors
 
 
 # ------------------------------------------------------------------------------ TensorRT build decisions
@@ -359,12 +429,24 @@ def trtexec_errors(output, returncode):
 
 
 # ----------------------------------------------------------------------------------- CUDA through ctypes
+def cudart_candidates(search_paths=None, cuda_roots="/usr/local/cuda*"):
+    """libcudart to try, in order: the loader's (``libcudart.so``, also ``.so.13``/``.so.12``, which the runtime
+    packages install without the bare link), the pip wheels' (``nvidia-cuda-runtime-cu12`` puts it in
+    ``site-packages/nvidia/cuda_runtime/lib``, the CUDA 13 wheels in ``nvidia/cu13/lib``), then CUDA toolkits."""
+    names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"]
+    for base in (sys.path if search_paths is None else search_paths):
+        for sub in ("nvidia/cuda_runtime/lib", "nvidia/cu13/lib"):
+            names += sorted(glob.glob(os.path.join(base, sub, "libcudart.so*")), reverse=True)
+    names += sorted(glob.glob(f"{cuda_roots}/lib64/libcudart.so*"), reverse=True)
+    names += sorted(glob.glob(f"{cuda_roots}/targets/*/lib/libcudart.so*"), reverse=True)
+    return list(dict.fromkeys(names))
+
+
 class Cuda:
     """The few CUDA runtime calls a TensorRT timing needs, from libcudart (no pycuda / cuda-python needed)."""
 
     def __init__(self):
-        names = ["libcudart.so"] + sorted(glob.glob("/usr/local/cuda*/lib64/libcudart.so*"), reverse=True)
-        names += sorted(glob.glob("/usr/local/cuda*/targets/*/lib/libcudart.so*"), reverse=True)
+        names = cudart_candidates()
         self.lib = None
         for name in names:
             try:
@@ -549,7 +631,10 @@ def _time_engine(trt, cuda, engine, b, args, stream, start, end):
 
 
 # -------------------------------------------------------------------------------------------------- trtexec
-def find_trtexec():
+def find_trtexec(explicit=None):
+    """``explicit`` (``--trtexec PATH``: a tar install of TensorRT), else PATH, else JetPack's and the deb's places."""
+    if explicit:
+        return explicit if os.path.isfile(explicit) and os.access(explicit, os.X_OK) else None
     return shutil.which("trtexec") or next((p for p in TRTEXEC_PATHS if os.access(p, os.X_OK)), None)
 
 
@@ -605,7 +690,7 @@ def run_trtexec(args, batches, exe, trt_version):
 def choose_backend(args):
     if args.backend != "auto":
         return args.backend
-    if find_trtexec():
+    if find_trtexec(args.trtexec):
         return "trtexec"
     try:
         import tensorrt  # noqa: F401
@@ -613,7 +698,11 @@ def choose_backend(args):
         return "tensorrt"
     except Exception:
         pass
-    if args.artifact.endswith(".onnx"):
+    if args.artifact.endswith(".onnx"):  # ONNX Runtime only where it has the providers asked for
+        ort = _import_ort()
+        problem = ort_provider_problem([p for p in args.providers.split(",") if p], ort.get_available_providers())
+        if problem:
+            raise RunnerError(f"neither trtexec nor the TensorRT Python package is on this device, and {problem}")
         return "onnxruntime"
     raise RunnerError("neither trtexec nor the TensorRT Python package is on this device: cannot run an engine")
 
@@ -647,6 +736,7 @@ def main(argv=None):
                     help="the precision the ONNX graph carries (int8: symmetric Q/DQ)")
     ap.add_argument("--profile-max", type=int, default=None, help="an engine's largest profile batch")
     ap.add_argument("--opset", type=int, default=None, help="the ONNX file's opset (TensorRT 8.x parses <= 17)")
+    ap.add_argument("--trtexec", default=None, help="trtexec to use (a TensorRT tar install outside PATH)")
     args = ap.parse_args(argv)
     try:
         args.shape = tuple(int(v) for v in args.input_shape.split("x"))
@@ -656,13 +746,18 @@ def main(argv=None):
             args.runs = 100
         if not os.path.isfile(args.artifact):
             raise RunnerError(f"artifact not found on the device: {args.artifact}")
-        facts = device_facts()
+        if args.trtexec and find_trtexec(args.trtexec) is None:
+            raise RunnerError(f"--trtexec {args.trtexec} is not an executable file on the device")
+        facts = device_facts(args.trtexec)
         backend = choose_backend(args)
         if backend == "trtexec":
-            exe = find_trtexec()
+            exe = find_trtexec(args.trtexec)
             if exe is None:
-                raise RunnerError("trtexec not found on the device")
-            info, results, errors = run_trtexec(args, batches, exe, facts.get("tensorrt"))
+                raise RunnerError("trtexec not found on the device (pass --trtexec PATH for a tar install)")
+            # flags follow the TensorRT of the binary that runs, not of a Python package from another install
+            version = trtexec_version(exe) or facts.get("tensorrt")
+            facts["trtexec_tensorrt"] = version
+            info, results, errors = run_trtexec(args, batches, exe, version)
         else:
             run = {"onnxruntime": run_onnxruntime, "tensorrt": run_tensorrt}[backend]
             info, results, errors = run(args, batches)

@@ -8,6 +8,7 @@ was timed. Timing: ``time.perf_counter_ns`` around each call on the CPU; CUDA ev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -413,6 +414,8 @@ def _set_tf32(enabled: bool, cudnn: bool | None = None) -> tuple[bool, bool]:
 # ---------------------------------------------------------------------------------------------- ONNX Runtime
 GRAPH_OPT_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
                     "all": "ORT_ENABLE_ALL"}
+#: ONNX Runtime's input type string -> the numpy dtype fed to it (images arrive as float32 in [0, 1])
+ORT_INPUT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 class OrtRunner(Runner):
@@ -474,13 +477,21 @@ class OrtRunner(Runner):
         self.providers = self.session.get_providers()
         missing = [p for p in self.requested if p != "CPUExecutionProvider" and p not in self.providers]
         if missing:
+            from e2rnas.deploy_targets.env import onnxruntime_install_problem
+
             self.session = None
+            fix = onnxruntime_install_problem() or ("install onnxruntime-gpu matching your CUDA in place of "
+                                                    "onnxruntime, or use --target cpu")
             raise E2RNASError(
                 f"ONNX Runtime fell back to the CPU: {', '.join(missing)} requested, session uses "
-                f"{', '.join(self.providers)} (available: {', '.join(ort.get_available_providers())}); install "
-                "onnxruntime-gpu matching your CUDA, or use --target cpu")
+                f"{', '.join(self.providers)} (available: {', '.join(ort.get_available_providers())}); {fix}")
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
+        # an fp16 file (export --precision fp16) declares float16 input and output: feed what the session declares
+        self.input_dtype = ORT_INPUT_DTYPES.get(inp.type)
+        if self.input_dtype is None:
+            self.session = None
+            raise E2RNASError(f"{self.path}: input {inp.name!r} is {inp.type}; a runner feeds float or float16 images")
         dims = list(inp.shape)
         if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
             raise E2RNASError(f"{self.path}: expected an NCHW image input with fixed C, H, W, got {dims}")
@@ -502,9 +513,11 @@ class OrtRunner(Runner):
         return bool(getattr(self, "_gpu", False))
 
     def _infer(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: x})[0]
+        out = self.session.run(None, {self.input_name: x.astype(self.input_dtype, copy=False)})[0]
+        return out if out.dtype == np.float32 else out.astype(np.float32)
 
     def _bind(self, x: np.ndarray) -> None:
+        x = x.astype(self.input_dtype, copy=False)  # converted once, outside the timed calls
         self._feed = {self.input_name: x}
         self._binding = None
         if self._gpu:  # keep input and output on the GPU so the timing is the model, not PCIe copies
@@ -569,11 +582,19 @@ class TensorRTRunner(Runner):
         torch.cuda.reset_peak_memory_stats(self.device)
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        from e2rnas.deploy_targets.gpu_identity import current_identity, engine_identity_problem
+        from e2rnas.deploy_targets.gpu_identity import (
+            current_identity,
+            engine_identity_notes,
+            engine_identity_problem,
+        )
 
-        problem = engine_identity_problem(self.path, current_identity(self.device_index))
+        current = current_identity(self.device_index)
+        if current is not None and current.tensorrt is None:  # apt/tar TensorRT has no pip metadata: ask the module
+            current = dataclasses.replace(current, tensorrt=trt.__version__)
+        problem = engine_identity_problem(self.path, current)
         if problem:
             raise E2RNASError(problem)
+        self.identity_notes = engine_identity_notes(self.path, current)
         self.engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise E2RNASError(f"{self.path}: TensorRT could not deserialise the engine (built for another "
@@ -605,7 +626,9 @@ class TensorRTRunner(Runner):
     def _prepare(self, x: np.ndarray) -> None:
         torch = self._torch
         self._x = torch.from_numpy(x).to(self.device).to(self._in_dtype).contiguous()
-        self.context.set_input_shape(self.input_name, tuple(self._x.shape))
+        if not self.context.set_input_shape(self.input_name, tuple(self._x.shape)):
+            raise E2RNASError(f"{self.path}: TensorRT refused input shape {tuple(self._x.shape)} (outside the "
+                              f"engine's profile: fixed batch {self.fixed_batch}, max batch {self.max_batch})")
         out_shape = tuple(self.context.get_tensor_shape(self.output_name))
         self._y = torch.empty(out_shape, dtype=self._out_dtype, device=self.device)
         self.context.set_tensor_address(self.input_name, self._x.data_ptr())
@@ -635,8 +658,11 @@ class TensorRTRunner(Runner):
                 self._enqueue()
 
     def _run_bound(self) -> None:
+        # A graph replays on the *current* stream (torch.cuda.CUDAGraph.replay): make it the runner's own, so that
+        # warm-up replays are on the stream ``_synchronize`` waits on and not queued ahead of the first timed call.
         if self._graph is not None:
-            self._graph.replay()
+            with self._torch.cuda.stream(self._stream):
+                self._graph.replay()
         else:
             self._enqueue()
 
@@ -644,8 +670,7 @@ class TensorRTRunner(Runner):
         torch = self._torch
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record(self._stream)
-        with torch.cuda.stream(self._stream):
-            self._run_bound()
+        self._run_bound()
         end.record(self._stream)
         end.synchronize()
         return float(start.elapsed_time(end))
@@ -659,7 +684,8 @@ class TensorRTRunner(Runner):
         return (self._torch.cuda.max_memory_allocated(self.device) - self._cuda0 + int(size)) / 2**20
 
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "tensorrt": getattr(self._trt, "__version__", None), "cuda_graph": self.cuda_graph}
+        return {**super().info(), "tensorrt": getattr(self._trt, "__version__", None), "cuda_graph": self.cuda_graph,
+                "identity_notes": getattr(self, "identity_notes", [])}
 
 
 def _torch_dtype(np_dtype: Any) -> Any:

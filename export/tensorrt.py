@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -81,10 +82,49 @@ def support_problem(version: str, compute_capability: tuple[int, int], precision
     if cc < (7, 5) and (major, minor) >= (10, 5):
         return (f"compute capability {cc_text} (Volta, e.g. V100) needs TensorRT <= 10.4; TensorRT {version} "
                 f"removed Volta support in 10.5")
-    if precision == "int8" and cc < (7, 2):
-        return (f"int8 needs int8 tensor cores (compute capability 7.2+, e.g. Turing 7.5); this GPU is {cc_text} "
-                f"(V100 has none): use --precision fp16")
     return None
+
+
+def support_notes(compute_capability: tuple[int, int], precision: str) -> list[str]:
+    """What works but differs from what one might expect (recorded in the engine's sidecar)."""
+    if precision == "int8" and tuple(compute_capability) < (7, 2):
+        # NVIDIA's support matrix lists INT8 for sm 7.0 (V100); it has no INT8 tensor cores, so INT8 runs on
+        # DP4A CUDA-core kernels and is often no faster than fp16 there.
+        return [f"compute capability {compute_capability[0]}.{compute_capability[1]} (Volta) runs int8 without int8 "
+                "tensor cores: compare its latency with --precision fp16"]
+    return []
+
+
+#: ModelOpt versions before this built the calibration batches as ``[{}] * n_itr`` (one shared dict: every chunk
+#: was the last one); fixed by NVIDIA/Model-Optimizer PR #794 ("Fix duplicated calib data"), first in 0.42.0
+MODELOPT_MIN = "0.42.0"
+
+
+def modelopt_problem(version: str | None) -> str | None:
+    """Why this ModelOpt cannot convert a graph for TensorRT 11 (missing or too old), or None."""
+    if version is None:
+        return ("builds strongly typed networks only: the ONNX graph must be converted by NVIDIA ModelOpt first: "
+                f"pip install 'nvidia-modelopt[onnx]>={MODELOPT_MIN}'")
+    have = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+    if have < tuple(int(p) for p in MODELOPT_MIN.split(".")):
+        return (f"needs nvidia-modelopt >= {MODELOPT_MIN} (this is {version}: older versions calibrate int8 on one "
+                f"chunk of the images, NVIDIA/Model-Optimizer PR #794): pip install -U 'nvidia-modelopt[onnx]'")
+    return None
+
+
+def modelopt_calibration(images: np.ndarray, static_batch: int | None) -> tuple[np.ndarray, int]:
+    """The calibration array to hand ModelOpt, and how many images were repeated to make it.
+
+    ModelOpt splits the array into ``int(N / B)`` chunks with ``np.array_split`` (B: the model's batch, 1 when
+    dynamic; ``modelopt/onnx/quantization/calib_utils.py``): N not a multiple of B gives chunks of the wrong size
+    and N < B zero chunks (a ValueError). A static batch therefore gets whole batches, the last one filled from
+    the first images, exactly as TensorRT 10's calibrator gets them (``calibration_batches``)."""
+    if not static_batch or static_batch == 1:
+        return np.ascontiguousarray(images, dtype=np.float32), 0
+    from e2rnas.export.calibration import calibration_batches
+
+    batches, padded = calibration_batches(images, int(static_batch))
+    return np.concatenate(batches), padded
 
 
 def _import_trt() -> Any:
@@ -114,9 +154,17 @@ def require(precision: str) -> TrtEnv:
     problem = support_problem(env.version, env.compute_capability, precision)
     if problem:
         raise TensorRTUnavailable(problem)
-    if env.strongly_typed and precision != "fp32" and importlib.util.find_spec("modelopt") is None:
-        raise TensorRTUnavailable(f"TensorRT {env.version} builds strongly typed networks only: {precision} needs the "
-                                  f"ONNX graph converted by NVIDIA ModelOpt first: pip install 'nvidia-modelopt[onnx]'")
+    if env.strongly_typed and precision != "fp32":
+        from e2rnas.deploy_targets.env import package_version
+
+        version = package_version("nvidia-modelopt")
+        if version is None and importlib.util.find_spec("modelopt") is not None:  # a source checkout
+            import modelopt
+
+            version = str(getattr(modelopt, "__version__", "0"))
+        problem = modelopt_problem(version)
+        if problem:
+            raise TensorRTUnavailable(f"TensorRT {env.version} {problem} ({precision})")
     return env
 
 
@@ -145,9 +193,13 @@ def build_engine(onnx_path: Path, engine_path: Path, *, env: TrtEnv, precision: 
                               "strongly_typed": env.strongly_typed, "tensorrt": env.version}
     with tempfile.TemporaryDirectory(prefix="e2rnas-trt-") as tmp:
         source = onnx_path
+        notes = support_notes(env.compute_capability, precision)
+        if notes:
+            record["notes"] = notes
         if env.strongly_typed and precision != "fp32":
             source = Path(tmp) / f"model.{precision}.onnx"
-            record["conversion"] = _convert_for_strong_typing(onnx_path, source, precision, calibration)
+            record["conversion"] = _convert_for_strong_typing(onnx_path, source, precision, calibration,
+                                                              None if dynamic_batch else _static_batch(onnx_path))
         builder = trt.Builder(logger)
         flags = 0
         if env.strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
@@ -263,7 +315,14 @@ def _entropy_calibrator(trt: Any, batches: list[np.ndarray], cache_path: Path) -
     return EntropyCalibrator()
 
 
-def _convert_for_strong_typing(src: Path, dst: Path, precision: str, calibration: np.ndarray | None) -> dict[str, Any]:
+def _static_batch(onnx_path: Path) -> int | None:
+    from e2rnas.export.graph_facts import static_batch_of
+
+    return static_batch_of(onnx_path)
+
+
+def _convert_for_strong_typing(src: Path, dst: Path, precision: str, calibration: np.ndarray | None,
+                               static_batch: int | None = None) -> dict[str, Any]:
     """TensorRT 11.x: reduced precision lives in the graph (casts or Q/DQ nodes), made by NVIDIA ModelOpt."""
     import onnx
 
@@ -279,11 +338,13 @@ def _convert_for_strong_typing(src: Path, dst: Path, precision: str, calibration
         raise E2RNASError("int8 needs calibration images (--calib-data, or the model's data set)")
     from modelopt.onnx.quantization import quantize
 
-    quantize(onnx_path=str(src), quantize_mode="int8", calibration_data={INPUT_NAME: calibration},
+    data, padded = modelopt_calibration(calibration, static_batch)
+    quantize(onnx_path=str(src), quantize_mode="int8", calibration_data={INPUT_NAME: data},
              calibration_method="entropy", calibration_eps=["cpu"], high_precision_dtype="fp32",
              output_path=str(dst))
     return {"tool": "modelopt.onnx.quantization", "quantize_mode": "int8", "calibration_method": "entropy",
-            "calibration_images": int(len(calibration)), "convert_s": round(time.perf_counter() - t0, 3)}
+            "calibration_images": int(len(calibration)), "calibration_batch": static_batch or 1,
+            "padded": padded, "convert_s": round(time.perf_counter() - t0, 3)}
 
 
 def _parser_error(err: Any) -> str:
