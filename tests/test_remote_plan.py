@@ -1,4 +1,5 @@
-"""What the device runner asks TensorRT for, decided on real ONNX files and real trtexec output (no GPU needed).
+"""What the device runner asks TensorRT for, decided on real ONNX files and trtexec output quoted from public logs
+(each fixture names its source; no GPU needed).
 
 The decisions are plain functions of ``remote_runner.py`` (shapes only for dynamic inputs, the 10/11 precision
 split, batches outside a profile skipped, trtexec's ``[E]`` lines) and of ``remote.py``/``graph_facts.py``
@@ -138,20 +139,37 @@ def test_engine_profile_bounds_skip_a_batch_with_a_reason(tmp_path):
 
 
 def test_trtexec_error_lines_are_reported_not_only_the_last():
-    # the shape of trtexec's output when given explicit shapes for a static model (sampleEngines.cpp, 10.3)
-    out = ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # trtexec --onnx=m.onnx --minShapes=images:8x3x16x16\n"
-           "[08/01/2025-10:00:00] [I] TensorRT version: 10.3.0\n"
-           "[08/01/2025-10:00:01] [E] Static model does not take explicit shapes since the shape of inference "
+    # trtexec given explicit shapes for a static model, quoted from shouxieai/infer issue #1 (TensorRT 8.x, 2023)
+    out = ("[03/05/2023-13:17:08] [I] Finish parsing network model\n"
+           "[03/05/2023-13:17:08] [E] Static model does not take explicit shapes since the shape of inference "
            "tensors will be determined by the model itself\n"
-           "[08/01/2025-10:00:01] [E] Network And Config setup failed\n"
-           "[08/01/2025-10:00:01] [E] Building engine failed\n"
-           "&&&& FAILED TensorRT.trtexec [TensorRT v100300] # trtexec --onnx=m.onnx\n")
+           "[03/05/2023-13:17:08] [E] Network And Config setup failed\n"
+           "[03/05/2023-13:17:08] [E] Building engine failed\n"
+           "[03/05/2023-13:17:08] [E] Failed to create engine from model or file.\n"
+           "[03/05/2023-13:17:08] [E] Engine set up failed\n")
     reason = R.trtexec_errors(out, 1)
-    assert reason.startswith("Static model does not take explicit shapes") and reason.count(" | ") == 2
-    assert R.parse_trt_version(out) == "10.3.0"
-    assert R.parse_trt_version("&&&& RUNNING TensorRT.trtexec [TensorRT v8502] # trtexec") == "8.5.2"
-    assert R.parse_trt_version("[TensorRT v110100]") == "11.1.0"
+    assert reason.startswith("Static model does not take explicit shapes") and reason.count(" | ") == 4
     assert R.trtexec_errors("", 3) == "exit 3"
+    assert R.trtexec_errors("[01/01/1970-03:47:30] [I] TensorRT version: 10.16.2\n", 1).endswith("10.16.2")
+
+
+@pytest.mark.parametrize("line, version", [
+    # banners quoted from NVIDIA/TensorRT issues #4494 (Jetson Orin, JetPack 6.1), #3229 and #4136
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v100300] # /usr/src/tensorrt/bin/trtexec --int8 "
+     "--onnx=model_quantized_int8_512x512_iter4.onnx", "10.3.0"),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # D:\\python_workspace\\stable-diffusion-webui", "8.6.1"),
+    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8003] # trtexec --onnx=weights/wav2lip/wav2lip.onnx", "8.0.3"),
+    # the version line of a run, quoted from OE4T/meta-tegra pull request #2243 (TensorRT 10.16 on Orin)
+    ("[01/01/1970-03:47:30] [I] TensorRT version: 10.16.2", "10.16.2"),
+    # no trtexec 11 log is public yet: this is NV_TENSORRT_VERSION's formula (major*10000 + minor*100 + patch,
+    # NvInferVersion.h since 10.0), not quoted output
+    ("[TensorRT v110100]", "11.1.0"),
+    # TensorRT 7.1 (JetPack 4.5.1) prints no version, quoted from NobuoTsukamoto/tensorrt-examples issue #3
+    ("&&&& RUNNING TensorRT.trtexec # /usr/src/tensorrt/bin/trtexec --onnx=/home/jetson/ssdlite_mobilenet_v2_300x300_gs"
+     ".onnx", None),
+])
+def test_trtexec_version_from_its_banner(line, version):
+    assert R.parse_trt_version(line) == version
 
 
 @pytest.mark.parametrize("host, ssh_dest, scp_dest", [
