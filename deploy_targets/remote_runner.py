@@ -196,8 +196,8 @@ def device_facts(trtexec=None):
 
 #: rails that measure the whole module's input (Orin Nano/NX, Xavier NX, TX2: VDD_IN; Nano: POM_5V_IN)
 TOTAL_RAILS = ("VDD_IN", "POM_5V_IN")
-#: AGX Orin has no total rail: its module inputs are these three channels of the first INA3221 (Jetson Linux
-#: Developer Guide, "Jetson Orin ... Power Monitor"); their sum is the module power (carrier board excluded)
+#: AGX Orin has no total rail; its first INA3221 measures these three inputs (GPU+SoC, CPU+CV, 5 V system), and
+#: their sum is taken as the module's power (a choice, named in the result; docs/deploy-sources.md, point 8)
 AGX_ORIN_RAILS = ("VDD_GPU_SOC", "VDD_CPU_CV", "VIN_SYS_5V0")
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*[A-Z0-9])\s+(\d+)(?:mW)?/(\d+)(?:mW)?\b")
 
