@@ -156,6 +156,10 @@ def search(
     cost_units: Annotated[str | None, typer.Option("--cost-units", help="Cost objectives divided by their bound "
                                                    "(relative; default) or in M params / M MACs / ms (paper: eqs. "
                                                    "5-6 as written, the paper preset).")] = None,
+    cost_estimate: Annotated[str | None, typer.Option("--cost-estimate", help="N(alpha), F(alpha) of the deployed "
+                                                      "network (deployed; default) or eqs. 5-6 as written (paper: "
+                                                      "every edge, all ops, the paper's op formulas; the paper "
+                                                      "presets).")] = None,
     normalization: Annotated[str | None, typer.Option("--grad-norm", help="MGDA gradient normalisation: none, l2, "
                                                       "loss, loss+l2.")] = None,
     objectives: Objectives = None,
@@ -214,7 +218,8 @@ def search(
         image_size=image_size, method=method, params_bound=params_bound,
         flops_bound=macs_bound if macs_bound is not None else flops_bound,
         deploy_layers=deploy_layers, deploy_C=deploy_channels, deploy_input_size=deploy_image_size,
-        weighting=weighting, cost_form=cost_form, cost_units=cost_units, normalization=normalization,
+        weighting=weighting, cost_form=cost_form, cost_units=cost_units, cost_estimate=cost_estimate,
+        normalization=normalization,
         objectives=objectives,
         first_order=first_order,
         mgda_update=mgda_update, hvp=hvp, hvp_eps=hvp_eps, ll_ood_weight=ll_ood_weight,

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                        batch_size=64, train_portion=0.5, deploy_layers=20, deploy_C=36, deploy_num_classes=10,
                        deploy_input_size=32, params_bound=2.5, flops_bound=425.0, pdarts_layers=(5, 11, 17),
                        derive="darts", first_order=False, mgda_update="paper", hvp="central", hvp_eps=0.01,
-                       cost_form="target", cost_units="paper",
+                       cost_form="target", cost_units="paper", cost_estimate="paper",
                        ll_ood_weight=1.0, search_augment=True, search_cutout=0, warmup_epochs=0),
         # all 50k training images, the last epoch reported (no selection); --val-fraction 0.1 selects instead
         "train": dict(dataset="cifar10", ood_dataset=None, image_size=32, layers=20, C=36, epochs=600,

@@ -1,4 +1,7 @@
-"""The paper-preset alpha update against a direct float64 implementation of eqs. (7)-(10) on a tiny supernet.
+"""The paper-preset alpha update against a direct float64 implementation of eqs. (5)-(10) on a tiny supernet.
+
+N(alpha) and F(alpha) are written out here as eqs. (5), (6) state them (every edge of every cell of the deploy
+network, the softmax over all 8 ops, n_o and the f_o formulas of Section IV-B), not taken from the library.
 
 The direct implementation differentiates the unrolled objectives exactly (double backward through
 theta'(alpha) = theta - xi (grad_theta L_lower(theta, alpha) + wd theta)); the library uses DARTS' central finite
@@ -19,20 +22,57 @@ from e2rnas.search.bilevel import BilevelStep, StepBatch
 from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import make_objectives
 from e2rnas.space.cost import CostModel, DeployShape
+from e2rnas.space.genotypes import EDGES_PER_NODE
 from e2rnas.space.supernet import SearchNetwork
 
 PAPER = PRESETS["paper"]["search"]
 OBJECTIVES = ("val", "ood", "adv", "params", "flops")
 XI, WD, EPS, L_BOUND, F_BOUND = 0.025, 3e-4, 2 / 255, 0.1, 4.0  # bounds where MGDA weighs all five
+SHAPE = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
+# SHAPE's cells by hand, (reduction, C, input side): reductions at layers // 3 and 2 layers // 3 double C and halve
+# the side; a reduction cell's edges from its two inputs (DARTS order 0-3, 5, 6, 9, 10) have stride 2
+CELLS = [(False, 8, 16), (True, 16, 16), (False, 16, 8), (True, 32, 8), (False, 32, 4)]
+STRIDE_2_EDGES = {0, 1, 2, 3, 5, 6, 9, 10}
 
 
-def _setup(hvp_eps: float, cost_units: str = PAPER["cost_units"]):
+def _paper_op_costs(op: str, C: int, hw: int, stride: int) -> tuple[int, int]:
+    """(n_o, f_o): the op's parameters (affine BN counted, as the authors' param_number) and Section IV-B's FLOPs
+    formula, at C channels on an H x W = hw output map."""
+    if op.startswith("sep_conv"):
+        w = int(op[-1])  # a separable convolution is applied twice
+        return 2 * (w * w * C + C * C + 2 * C), 2 * (C * hw + C * C * hw + w * w * C * hw + 2 * C * hw)
+    if op.startswith("dil_conv"):
+        w = int(op[-1])
+        return w * w * C + C * C + 2 * C, C * hw + C * C * hw + w * w * C * hw + 2 * C * hw
+    if op == "skip_connect" and stride == 2:  # FactorizedReduce
+        return C * C + 2 * C, C * C * hw + 2 * C * hw
+    if op == "avg_pool_3x3":
+        return 0, C * hw
+    assert op in ("none", "max_pool_3x3", "skip_connect"), op
+    return 0, 0
+
+
+def _eqs_5_6_estimates(alpha_normal, alpha_reduce, primitives):
+    """N(alpha), F(alpha) in M params and M MACs: sum over edges (i, j) in E, o in O of softmax(alpha^(i,j))_o c_o."""
+    n = f = 0
+    for reduction, C, side in CELLS:
+        alpha = alpha_reduce if reduction else alpha_normal
+        hw = (side // 2 if reduction else side) ** 2
+        for e in range(alpha.shape[0]):
+            p = torch.softmax(alpha[e], dim=0)
+            for o, op in enumerate(primitives):
+                n_o, f_o = _paper_op_costs(op, C, hw, 2 if reduction and e in STRIDE_2_EDGES else 1)
+                n, f = n + p[o] * n_o, f + p[o] * f_o
+    return n / 1e6, f / 1e6
+
+
+def _setup(hvp_eps: float, cost_units: str = PAPER["cost_units"], cost_estimate: str = PAPER["cost_estimate"]):
     torch.manual_seed(0)
     model = SearchNetwork(C=4, layers=3, num_classes=5).double()
     with torch.no_grad():  # alphas away from uniform, so that every objective has a real alpha-gradient
         for a in model.arch_parameters():
             a.normal_(0, 0.5)
-    cost = CostModel(DeployShape(layers=5, C=8, num_classes=5, input_size=16))
+    cost = CostModel(SHAPE, estimate=cost_estimate)
     w_opt = torch.optim.SGD(model.weight_parameters(), lr=XI, momentum=0.9, weight_decay=WD)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
     step = BilevelStep(model, objectives=make_objectives(OBJECTIVES, cost_form=PAPER["cost_form"],
@@ -55,8 +95,9 @@ def _kl_uniform(logits):
     return (-torch.log(torch.tensor(float(logits.shape[1]), dtype=logits.dtype)) - log_p.mean(dim=1)).mean()
 
 
-def _eqs_7_to_10(model, cost, batch, fgsm_seed: int, cost_units: str):
-    """Direct eqs. (7)-(10): exact total alpha-gradients at theta'(alpha), gamma from problem (1), sum gamma_k g_k."""
+def _eqs_5_to_10(model, cost, batch, fgsm_seed: int, cost_units: str, cost_estimate: str):
+    """Direct eqs. (5)-(10): exact total alpha-gradients at theta'(alpha), gamma from problem (1), sum gamma_k g_k;
+    N and F by hand (``cost_estimate`` "paper") or the library's deployed estimate (tested in test_cost.py)."""
     names = list(model.named_weight_parameters())
     theta = [p.detach().clone().requires_grad_(True) for p in model.weight_parameters()]
     alphas = model.arch_parameters()
@@ -82,7 +123,10 @@ def _eqs_7_to_10(model, cost, batch, fgsm_seed: int, cost_units: str):
                 F.cross_entropy(f(params, x_adv), batch.y_val)]
 
     def cost_losses():
-        n, m = cost.expected_cost(*alphas)  # M params, M MACs of the deploy network
+        if cost_estimate == "paper":  # eqs. (5), (6) as written
+            n, m = _eqs_5_6_estimates(*alphas, model.primitives)
+        else:
+            n, m = cost.expected_cost(*alphas)  # M params, M MACs of the deploy network
         if cost_units == "paper":
             return [(n - L_BOUND).abs(), (m - F_BOUND).abs()]  # eqs. (5), (6) as written
         return [(n - L_BOUND).abs() / L_BOUND, (m - F_BOUND).abs() / F_BOUND]  # relative
@@ -109,16 +153,43 @@ def test_paper_preset_is_what_this_test_implements():
     assert PAPER["mgda_update"] == "paper" and PAPER["hvp"] == "central" and PAPER["first_order"] is False
     assert PAPER["ll_ood_weight"] == 1.0 and PAPER["hvp_eps"] == 0.01
     assert PAPER["cost_form"] == "target" and PAPER["cost_units"] == "paper"
+    assert PAPER["cost_estimate"] == "paper"
+    assert all(PRESETS[p]["search"]["cost_estimate"] == "paper" for p in ("paper-pdarts", "paper-pcdarts"))
 
 
-@pytest.mark.parametrize("cost_units", ["paper", "relative"])
-def test_paper_step_matches_eqs_7_to_10_in_float64(cost_units):
+def test_paper_cost_estimate_is_eqs_5_and_6_as_written():
+    """``estimate="paper"``: N, F equal the hand-written sums (values and alpha-gradients), ignore PC-DARTS' edge
+    weights, and give a masked (P-DARTS) op weight 0; the deployed estimate is a different function."""
+    model, _, cost, _ = _setup(hvp_eps=0.01)
+    alphas = [a.detach().clone().requires_grad_(True) for a in model.arch_parameters()]
+    got, want = cost.expected_cost(*alphas), _eqs_5_6_estimates(*alphas, model.primitives)
+    for g, w in zip(got, want, strict=True):
+        assert g.item() == pytest.approx(w.item(), rel=1e-12)
+        grads = [torch.autograd.grad(v, alphas, retain_graph=True) for v in (g, w)]
+        for dg, dw in zip(*grads, strict=True):
+            assert torch.allclose(dg, dw, rtol=1e-10, atol=1e-15)
+    keep = tuple(torch.rand(14, dtype=torch.float64) * EDGES_PER_NODE for _ in range(2))
+    assert [v.item() for v in cost.expected_cost(*alphas, keep)] == [v.item() for v in got]
+    masked = [a.detach().masked_fill(torch.rand(a.shape) < 0.3, float("-inf")) for a in alphas]
+    assert [float(v) for v in cost.expected_cost(*masked)] == pytest.approx(
+        [float(v) for v in _eqs_5_6_estimates(*masked, model.primitives)], rel=1e-12)
+    deployed = CostModel(SHAPE).expected_cost(*alphas)
+    assert all(abs(d.item() - p.item()) > 1e-3 * p.item() for d, p in zip(deployed, got, strict=True))
+    with pytest.raises(ValueError, match="unknown cost estimate 'exact'"):
+        CostModel(SHAPE, estimate="exact")
+
+
+@pytest.mark.parametrize(("cost_units", "cost_estimate"),
+                         [("paper", "paper"), ("paper", "deployed"), ("relative", "deployed")])
+def test_paper_step_matches_eqs_5_to_10_in_float64(cost_units, cost_estimate):
     """With a finite-difference step of 1e-7 the library's update equals the exact one to 1e-6 (relative), with
-    the cost objectives in the paper's units (M params, M MACs: eqs. 5-6 as written, the preset) and relative.
+    the cost objectives as the preset has them (eqs. 5-6 as written: the paper's estimate, in M params and M MACs)
+    and with the deployed estimate in either unit.
 
     (At 1e-5 the perturbation already crosses ReLU/max-pool kinks on this net and the two differ by O(1).)"""
-    model, step, cost, batch = _setup(hvp_eps=1e-7, cost_units=cost_units)
-    expected, gamma_exact = _eqs_7_to_10(model, cost, batch, fgsm_seed=7, cost_units=cost_units)
+    model, step, cost, batch = _setup(hvp_eps=1e-7, cost_units=cost_units, cost_estimate=cost_estimate)
+    expected, gamma_exact = _eqs_5_to_10(model, cost, batch, fgsm_seed=7, cost_units=cost_units,
+                                         cost_estimate=cost_estimate)
     _, combined, res = step.gradients(batch, lr=XI, generator=torch.Generator().manual_seed(7))
     gamma = torch.tensor([res.gammas[n] for n in OBJECTIVES], dtype=torch.float64)
     assert gamma == pytest.approx(gamma_exact, abs=1e-6)

@@ -5,13 +5,17 @@ Units: params in M (1e6 parameters), MACs in M (1e6 multiply-adds, counted on co
 20 cells, C=36, 32x32, 10 classes), not the search supernet.
 
 A genotype's exact cost is the fixed part (normalisation, stem, cell pre-processing, classifier) plus its 8 kept
-edges per cell. The differentiable estimate (eqs. 5, 6) replaces each edge's op by its softmax expectation over
-the non-``none`` ops and weights each edge by its chance of being kept, 2 / (in-degree of its node): see
-``docs/cost-model.md``.
+edges per cell. The differentiable estimate N(alpha), F(alpha) comes in two forms (``COST_ESTIMATES``):
+``deployed`` replaces each edge's op by its softmax expectation over the non-``none`` ops, weights each edge by its
+chance of being kept, 2 / (in-degree of its node), and adds the fixed part, so that it estimates the network the
+search hands over (``docs/cost-model.md``); ``paper`` is eqs. (5), (6) as written: every edge of every cell, the
+softmax over all ops, ``none`` included, and the op costs of Section IV-B (``PAPER_OP_MACS``), nothing else
+(``docs/fidelity.md`` row 19).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -23,6 +27,32 @@ from e2rnas.space.ops import OPS, PRIMITIVES
 
 NUM_EDGES = sum(2 + i for i in range(STEPS))
 MULTIPLIER = STEPS  # every cell concatenates its 4 intermediate nodes
+#: the form of the differentiable estimate: ``deployed`` (the default) or ``paper`` (eqs. 5, 6 as written)
+COST_ESTIMATES = ("deployed", "paper")
+
+
+def _sep_conv(w: int) -> Callable[[int, int, int], int]:
+    return lambda C, hw, stride: 2 * (C * hw + C * C * hw + w * w * C * hw + 2 * C * hw)
+
+
+def _dil_conv(w: int) -> Callable[[int, int, int], int]:
+    return lambda C, hw, stride: C * hw + C * C * hw + w * w * C * hw + 2 * C * hw
+
+
+#: f_o of Section IV-B, (C, H x W, stride) -> multiply-adds: ReLU CHW, depthwise w^2 CHW, pointwise C^2 HW, BN
+#: 2 CHW (a separable convolution twice), avg-pool CHW, max-pool, identity and ``none`` 0, a stride-2 skip (the
+#: FactorizedReduce) C^2 HW + 2 CHW. The paper writes them for stride 1 ("skip ... 0 if stride = 0"); H x W is
+#: the op's output map, so a stride-2 op is charged at the size it produces.
+PAPER_OP_MACS: dict[str, Callable[[int, int, int], int]] = {
+    "none": lambda C, hw, stride: 0,
+    "max_pool_3x3": lambda C, hw, stride: 0,
+    "avg_pool_3x3": lambda C, hw, stride: C * hw,
+    "skip_connect": lambda C, hw, stride: 0 if stride == 1 else C * C * hw + 2 * C * hw,
+    "sep_conv_3x3": _sep_conv(3),
+    "sep_conv_5x5": _sep_conv(5),
+    "dil_conv_3x3": _dil_conv(3),
+    "dil_conv_5x5": _dil_conv(5),
+}
 
 
 @dataclass(frozen=True)
@@ -107,10 +137,18 @@ class CellSlot:
 class CostModel:
     """Per-(cell, edge, op) costs of a deploy network, and its fixed cost."""
 
-    def __init__(self, shape: DeployShape = DeployShape(), primitives: tuple[str, ...] = PRIMITIVES):
+    def __init__(self, shape: DeployShape = DeployShape(), primitives: tuple[str, ...] = PRIMITIVES,
+                 estimate: str = "deployed"):
         from e2rnas.space.network import Network  # the stem/classifier modules, built exactly as deployed
 
+        if estimate not in COST_ESTIMATES:
+            raise ValueError(f"unknown cost estimate {estimate!r}; choose from {', '.join(COST_ESTIMATES)}")
+        unknown = [op for op in primitives if op not in PAPER_OP_MACS]
+        if estimate == "paper" and unknown:
+            raise ValueError(f"the paper's op costs (Section IV-B) cover the DARTS ops, not {', '.join(unknown)}: "
+                             "use the deployed cost estimate")
         self.shape = shape
+        self.estimate = estimate
         self.primitives = tuple(primitives)
         self._net_cls = Network
         self.slots = self._slots()
@@ -173,6 +211,22 @@ class CostModel:
             target += self.edge_costs(slot)
         return {"normal": normal, "reduce": reduce}
 
+    @cached_property
+    def paper_tables(self) -> dict[str, torch.Tensor]:
+        """Per cell type, [14, n_ops, 2] n_o (the op's parameters) and f_o (``PAPER_OP_MACS``) summed over the
+        cells of that type, each at its width and output resolution: the op costs of eqs. (5), (6)."""
+        out = {kind: torch.zeros(NUM_EDGES, len(self.primitives), 2, dtype=torch.float64)
+               for kind in ("normal", "reduce")}
+        for slot in self.slots:
+            for e in range(NUM_EDGES):
+                stride, size = slot.edge_geometry(_edge_source(e))
+                hw = (-(-size // stride)) ** 2
+                for k, op in enumerate(self.primitives):
+                    n_o = self.op_cost(op, slot.C, stride, size).params
+                    f_o = PAPER_OP_MACS[op](slot.C, hw, stride)
+                    out["reduce" if slot.reduction else "normal"][e, k] += torch.tensor([n_o, f_o])
+        return out
+
     def genotype_cost(self, genotype: Genotype) -> Cost:
         """Exact cost of the deploy network built from ``genotype`` (its 8 kept edges per cell)."""
         total = self.fixed
@@ -185,7 +239,12 @@ class CostModel:
 
     def expected_cost(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor,
                       keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable (params_M, MACs_M) estimate under softmax weights (eqs. 5, 6, with kept-edge weights)."""
+        """Differentiable (params_M, MACs_M) estimate under softmax weights, in ``self.estimate``'s form: eqs. 5, 6
+        as written (``paper``: ``keep`` plays no part), or the deployed network's (kept-edge weights, fixed part)."""
+        if self.estimate == "paper":
+            total = sum((torch.softmax(alpha, dim=-1)[..., None] * self.paper_tables[kind].to(alpha)).sum(dim=(0, 1))
+                        for alpha, kind in ((alpha_normal, "normal"), (alpha_reduce, "reduce")))
+            return total[0] / 1e6, total[1] / 1e6
         fixed = torch.tensor([self.fixed.params, self.fixed.macs], dtype=torch.float64)
         total = expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives, keep=keep)
         return total[0] / 1e6, total[1] / 1e6
