@@ -3,6 +3,7 @@ help that shows each preset's values, and the one error mapper."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -174,7 +175,10 @@ def hoist_global_options(argv: list[str]) -> list[str]:
 
 
 def main() -> None:
-    """Entry point: known errors become one line on stderr and exit code 2 (``E2RNAS_DEBUG=1`` for tracebacks)."""
+    """Entry point, and the one place that turns failures into one line on stderr (``E2RNAS_DEBUG=1`` for
+    tracebacks): a known error, a usage error and a file-system error exit 2, Ctrl-C 130, SIGTERM 143."""
+    import signal
+
     from e2rnas.distributed import env_world
     from e2rnas.errors import E2RNASError
 
@@ -183,17 +187,84 @@ def main() -> None:
 
         console.quiet = True
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    stopped_by: list[str] = []
+
+    def on_sigterm(signum: int, frame: Any) -> None:  # the same path as Ctrl-C: the search saves its checkpoint
+        stopped_by.append("SIGTERM")
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _click = _vendored_click()
+    debug = bool(os.environ.get("E2RNAS_DEBUG"))
     try:
-        cli_command()(hoist_global_options(sys.argv[1:]), prog_name="e2rnas", standalone_mode=True)
+        code = cli_command()(hoist_global_options(sys.argv[1:]), prog_name="e2rnas", standalone_mode=False)
+    except _click.exceptions.UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `e2rnas`: the help, as before
+            exc.show()
+            sys.exit(exc.exit_code)
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+        _fail(" ".join(exc.format_message().replace("Value error, ", "").split()) + hint, exc.exit_code or 2, debug)
+    except _abort_class():
+        _fail("aborted", 1, debug)
+    except _click.exceptions.ClickException as exc:
+        _fail(" ".join(exc.format_message().split()), exc.exit_code or 2, debug)
     except E2RNASError as exc:
-        if os.environ.get("E2RNAS_DEBUG"):
-            raise
-        logging.getLogger("e2rnas").debug("error", exc_info=True)
-        error(str(exc))
-        sys.exit(2)
+        _fail(str(exc), 2, debug)
+    except OSError as exc:
+        _fail(describe_os_error(exc), 2, debug)
     except KeyboardInterrupt:
-        error("interrupted; the last checkpoint is kept, rerun with --resume to continue")
-        sys.exit(130)
+        code = 130
+    if code == 130:  # typer turns Ctrl-C (and our SIGTERM) into exit code 130
+        how = "stopped by SIGTERM" if stopped_by else "interrupted"
+        error(f"{how}; the last checkpoint is kept: run the same command again (search and train: add --resume) "
+              f"to continue")
+        sys.exit(143 if stopped_by else 130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _vendored_click() -> Any:
+    """typer >= 0.16 ships its own copy of click; its exception classes are the ones raised."""
+    try:
+        from typer import _click
+    except ImportError:
+        import click as _click
+    return _click
+
+
+def _abort_class() -> type[BaseException]:
+    try:
+        from typer.exceptions import Abort
+    except ImportError:
+        from click.exceptions import Abort
+    return Abort
+
+
+def _fail(message: str, code: int, debug: bool) -> None:
+    if debug:
+        raise
+    logging.getLogger("e2rnas").debug("error", exc_info=True)
+    error(message)
+    sys.exit(code)
+
+
+#: errno -> what to do about it
+_OS_FIXES = {
+    errno.EROFS: "choose a writable --out",
+    errno.EACCES: "choose a folder you may write (--out) or fix its permissions",
+    errno.EPERM: "choose a folder you may write (--out) or fix its permissions",
+    errno.ENOSPC: "free space or choose --out on another disk; the last complete files are kept",
+    errno.EDQUOT: "free space or choose --out on another disk; the last complete files are kept",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "a folder is where a file is expected",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: the path, the cause and the fix (``[Errno 30] ...`` never reaches the user)."""
+    path = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 else "") if exc.filename else "a file"
+    fix = _OS_FIXES.get(exc.errno or 0)
+    return f"cannot use {path}: {exc.strerror or exc or type(exc).__name__}" + (f"; {fix}" if fix else "")
 
 
 if __name__ == "__main__":

@@ -76,20 +76,25 @@ def bench(
     format: Format = OutputFormat.table,
 ) -> None:
     """Measure artifacts on a target: size, accuracy, PGD accuracy, OoD AUPR, latency percentiles, throughput."""
+    import time
+
     from e2rnas._io import atomic_write_json
+    from e2rnas._outdir import json_with, owned_file
     from e2rnas.deploy_targets.bench import bench as run_bench
 
     format = "json" if json else OutputFormat(format).value
     t, ssh = resolve_target(target, target_file, host, port, identity, known_hosts, remote_python)
     sizes = int_list(batch, "--batch")
     wanted = [m.strip() for m in metrics.split(",") if m.strip()]
-    with console.status("measuring...", spinner="dots") if format == "table" else nullcontext():
+    # its own folder, never beside the artifact inside a run; made (and found writable) before measuring
+    path = (out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}") / "bench.json"
+    with owned_file(path, command="bench", made_by_us=json_with("rows", "target")), \
+            console.status("measuring...", spinner="dots") if format == "table" else nullcontext():
         result = run_bench(artifacts, target=t, batch_sizes=sizes, metrics=wanted, warmup=warmup, runs=runs,
                            duration=duration, threads=threads, dataset=dataset, ood_dataset=ood_dataset,
                            data_dir=data_dir, max_samples=max_samples, source_model=source_model, ssh=ssh,
                            seed=seed or 0)
-    path = (out or Path(artifacts[0]).resolve().parent) / "bench.json"
-    atomic_write_json(path, result)
+        atomic_write_json(path, result)
     if format == "table":
         show(result)
         console.print(f"wrote {path}")

@@ -56,12 +56,16 @@ def export(
         d = DeployShape()
         shape = DeployShape(layers=layers or d.layers, C=channels or d.C, num_classes=classes or d.num_classes,
                             input_size=image_size or d.input_size)
+    from e2rnas._outdir import owned_dir
+
     out_dir = out or _default_out(source)
-    results = export_model(
-        source, out_dir=out_dir, onnx=onnx or not trt, trt=trt, precision=precision, opset=opset, exporter=exporter,
-        dynamic_batch=dynamic, batch=batch, max_batch=max_batch, simplify=simplify, atol=atol,
-        workspace_mb=workspace, dataset=dataset, data_dir=data_dir, validation_samples=samples,
-        calib_data=calib_data, calib_samples=calib_samples, int8_scheme=int8_scheme, shape=shape, seed=seed or 0)
+    with owned_dir(out_dir, command="export"):  # a new folder or an export's; never beside other files
+        results = export_model(
+            source, out_dir=out_dir, onnx=onnx or not trt, trt=trt, precision=precision, opset=opset,
+            exporter=exporter, dynamic_batch=dynamic, batch=batch, max_batch=max_batch, simplify=simplify, atol=atol,
+            workspace_mb=workspace, dataset=dataset, data_dir=data_dir, validation_samples=samples,
+            calib_data=calib_data, calib_samples=calib_samples, int8_scheme=int8_scheme, shape=shape,
+            seed=seed or 0)
     if json:
         print_json({"out_dir": str(out_dir), "results": [r.as_dict() for r in results]})
     else:

@@ -43,15 +43,19 @@ def lut(
     shape = DeployShape(layers=_given(deploy_layers, p["deploy_layers"]), C=_given(deploy_channels, p["deploy_C"]),
                         num_classes=_given(classes, p["deploy_num_classes"]),
                         input_size=_given(deploy_image_size, p["deploy_input_size"]), variant=variant)
+    from e2rnas._outdir import json_with, owned_file
+
     t = get_target(target, target_file=target_file)
-    with console.status("measuring...", spinner="dots") if not json else nullcontext() as status:
+    # a new file or a table lut wrote (never a run's other files), its folder found writable before measuring
+    with owned_file(out, command="lut", made_by_us=json_with("format", "key", "ops")), \
+            console.status("measuring...", spinner="dots") if not json else nullcontext() as status:
         def progress(stage: str, done: int, total: int) -> None:
             if status is not None:
                 status.update(f"{stage} {done}/{total}")
 
         table = measure_latency_table(shape=shape, target=t, batch=batch, threads=threads, runs=runs, warmup=warmup,
                                       rounds=rounds, seed=seed or 0, on_progress=progress)
-    table.save(out)
+        table.save(out)
     if json:
         print_json(table.to_dict())
         return

@@ -95,6 +95,7 @@ def validate(cls: type[T], values: dict[str, Any], *, section: str, origins: dic
     """The frozen config, or one ``E2RNASError`` line naming the key, its source and what is wrong."""
     import pydantic
 
+    _refuse_coercions(cls, values, section=section, origins=origins)
     try:
         return pydantic.TypeAdapter(cls).validate_python(_split_lists(cls, values))
     except pydantic.ValidationError as exc:
@@ -111,6 +112,27 @@ def validate(cls: type[T], values: dict[str, Any], *, section: str, origins: dic
         raise E2RNASError(f"{what}: {msg} (got {got!r})") from None
     except (TypeError, ValueError) as exc:
         raise E2RNASError(f"bad {section} settings: {exc}") from None
+
+
+_NON_FINITE = {"inf", "infinity", "nan"}
+
+
+def _refuse_coercions(cls: type, values: dict[str, Any], *, section: str, origins: dict[str, str]) -> None:
+    """What pydantic's lax mode would coerce without a word: a boolean for a number (YAML reads ``true``, ``yes``
+    and ``on`` as booleans; ``epochs: true`` would become 1) and an infinite or NaN number (a bound that bounds
+    nothing)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        hint = hints.get(key)
+        kinds = set(typing.get_args(hint)) | {hint}
+        where = origins.get(key, "default")
+        what = where if where.startswith("--") else f"{where}: {flag_name(section, key)}"
+        if isinstance(value, bool) and bool not in kinds and (kinds & {int, float}):
+            raise E2RNASError(f"{what}: a number is expected, got the boolean {value!r} (YAML reads true/false, "
+                              f"yes/no and on/off as booleans); write the number")
+        text = str(value).strip().lower().lstrip("+-") if isinstance(value, str | float) else ""
+        if float in kinds and text in _NON_FINITE:
+            raise E2RNASError(f"{what}: a finite number is expected, got {value!r}; give a real bound or value")
 
 
 def build_config(cls: type[T], *, preset: str, section: str, config_file: Path | None = None,
@@ -147,6 +169,8 @@ def build_config(cls: type[T], *, preset: str, section: str, config_file: Path |
     if "device" in fields and values.get("device", "auto") == "auto":
         values["device"] = resolve_device("auto")
         origins.setdefault("device", "--device auto")
+    if str(values.get("ood_dataset")).strip().lower() == "none" and "ood_dataset" in fields:
+        drop_ood = True  # ``ood_dataset: none`` from a flag, a file or a stage option: no OoD set
     if drop_ood:  # ``--ood-dataset none``: no OoD set, whatever the preset or file says
         values["ood_dataset"] = None
         origins["ood_dataset"] = "--ood-dataset none"

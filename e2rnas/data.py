@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import numpy as np
 import torch
@@ -96,6 +96,41 @@ def split_indices(labels: np.ndarray, fraction: float, seed: int = _SPLIT_SEED) 
     return np.sort(np.concatenate(first)), np.sort(np.concatenate(second))
 
 
+def split_parts(full: ImageSet | FolderIndex, fraction: float, *, seed: int, names: tuple[str, str],
+                min_sizes: tuple[int, int], what: str, fix: str) -> tuple[Any, Any]:
+    """A stratified split of a training set into two parts that a classifier can learn and select on.
+
+    Refuses, before the first step, a set of fewer than two classes and a part smaller than its minimum (an empty
+    part would make an endless loader spin, a one-image batch breaks BatchNorm); ``fix`` says what to change."""
+    require_classes(full, what=what)
+    first_idx, second_idx = split_indices(full.y.numpy(), fraction, seed)
+    for name, idx, need in zip(names, (first_idx, second_idx), min_sizes, strict=True):
+        if len(idx) < need:
+            raise DataError(f"{what}: {len(full)} images leave {len(idx)} for the {name} part (at least {need} "
+                            f"needed); {fix}")
+    return full.subset(first_idx), full.subset(second_idx)
+
+
+def require_classes(data: ImageSet | FolderIndex, *, what: str) -> None:
+    """A classifier needs two classes: one class is learnt by a constant and scores accuracy 1.0."""
+    present = int(torch.unique(data.y).numel())
+    if data.num_classes < 2 or present < 2:
+        raise DataError(f"{what}: {data.name} has {present} class(es) with images; a classifier needs at least 2 "
+                        f"(labels 0..K-1)")
+
+
+def _labels(y: np.ndarray, name: str) -> np.ndarray:
+    """Integer class labels; a float label with a fraction (or NaN), a bool or text is refused, never truncated."""
+    y = np.asarray(y).reshape(-1)
+    if y.dtype.kind in "iu":
+        return y.astype(np.int64)
+    if y.dtype.kind == "f" and len(y) and np.isfinite(y).all() and (y == np.round(y)).all():
+        return y.astype(np.int64)  # 3.0 is class 3
+    bad = y[~np.isfinite(y) | (y != np.round(y))][:1] if y.dtype.kind == "f" else y[:1]
+    raise DataError(f"{name}: labels must be integers 0..K-1, got {y.dtype} values such as "
+                    f"{bad[0] if len(bad) else '?'!r}; store y as integer class numbers")
+
+
 def _from_nhwc(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | None = None) -> ImageSet:
     if x.ndim == 3:
         x = np.repeat(x[..., None], 3, axis=-1)
@@ -105,7 +140,7 @@ def _from_nhwc(x: np.ndarray, y: np.ndarray, name: str, num_classes: int | None 
         x = np.repeat(x, 3, axis=-1)
     if x.dtype != np.uint8:
         raise DataError(f"{name}: x must be uint8 pixels 0-255, got {x.dtype}")
-    y = np.asarray(y).astype(np.int64).reshape(-1)
+    y = _labels(y, name)
     if len(y) == 0:
         raise DataError(f"{name}: the data set is empty")
     if y.min() < 0:
@@ -288,8 +323,15 @@ def batches(data: ImageSet | FolderIndex, batch_size: int, *, shuffle: bool, gen
         yield data.x[idx].float().div_(255), data.y[idx]
 
 
+def require_nonempty(data: ImageSet | FolderIndex, what: str) -> None:
+    """An endless loader over no images would spin forever without a batch: refuse it."""
+    if len(data) == 0:
+        raise DataError(f"{what}: {data.name} has no images in this part; use more images or another split")
+
+
 def cycle(data: ImageSet, batch_size: int, *, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless shuffled image batches (labels dropped): the OoD stream that runs beside the in-distribution one."""
+    require_nonempty(data, "cycle")
     while True:
         for x, _ in batches(data, batch_size, shuffle=True, generator=generator, drop_last=len(data) >= batch_size):
             yield x

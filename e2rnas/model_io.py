@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from e2rnas import __version__
-from e2rnas._io import atomic_torch_save
+from e2rnas._io import atomic_torch_save, torch_load
 from e2rnas.errors import E2RNASError
 from e2rnas.space.genotypes import Genotype
 from e2rnas.space.network import Network
@@ -76,11 +76,8 @@ def read_model_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
-        raise ModelFileError(f"{path} is not a readable model file ({type(exc).__name__}: {first})") from exc
+    blob = torch_load(path, what="model file", error=ModelFileError, map_location="cpu",
+                      fix="e2rnas loads weights only, never code: use a model.pt made by `e2rnas train`")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not an e2rnas model (expected format {FORMAT}); make one with `e2rnas train`")
     return blob

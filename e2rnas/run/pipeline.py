@@ -81,6 +81,15 @@ def flags(options: dict[str, Any]) -> list[str]:
     return out
 
 
+def stage_options(cfg: PipelineConfig) -> dict[str, dict[str, Any]]:
+    """Each stage's options as its runner takes them (``deploy``: the search's ``deploy_*`` keys, for the lut)."""
+    # stage flags a preset adds (the paper preset: SVHN as the evaluation OoD set); the run's own flags win
+    preset_flags = preset_section(cfg.preset, "pipeline")
+    return {"deploy": {k: v for k, v in cfg.search.items() if k.startswith("deploy_")}, "lut": cfg.lut,
+            "search": cfg.search, "train": cfg.train, "eval": preset_flags.get("eval", {}) | cfg.eval,
+            "export": cfg.export, "bench": BENCH_DEFAULTS | cfg.bench, "check": cfg.check}
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -103,10 +112,8 @@ def plan(cfg: PipelineConfig, run_dir: Path, *, progress: bool = True,
     genotype_ref = cfg.genotype or str(s)
     with_lut = "lut" not in cfg.skip and not cfg.genotype
     search_lut = ["--lut", str(table)] + (["--latency-bound", str(cfg.latency_bound)] if cfg.latency_bound else [])
-    deploy_flags = {k: v for k, v in cfg.search.items() if k.startswith("deploy_")}
-    # stage flags a preset adds (the paper preset: SVHN as the evaluation OoD set); the run's own flags win
-    preset_flags = preset_section(cfg.preset, "pipeline")
-    eval_flags = preset_flags.get("eval", {}) | cfg.eval
+    opts = stage_options(cfg)
+    deploy_flags, eval_flags = opts["deploy"], opts["eval"]
 
     def bench_argv() -> list[str]:  # the int8 file exists only when its export passed the parity gate
         artifacts = [str(x / "model.onnx")] + ([str(x / "model.int8.onnx")] if (x / "model.int8.onnx").is_file()
@@ -164,15 +171,30 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
     differs runs again, and so does every stage after it (its old outputs move to ``<name>.previous``); a stage
     whose outputs are complete and whose fingerprint matches is skipped. ``force`` reruns everything,
     ``from_stage`` that stage and the rest."""
-    from e2rnas import __version__
+
+    from e2rnas._outdir import check_dir, owned_dir
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     record_path = run_dir / "pipeline.json"
     stages = plan(cfg, run_dir, progress=progress, on_search_step=on_search_step)
     names = [st.name.split("-")[0] for st in stages]
     if from_stage is not None and from_stage not in names:
         raise E2RNASError(f"--from {from_stage}: not a stage of this run; stages are {', '.join(dict.fromkeys(names))}")
+    check_dir(run_dir, command="run")
+    with_lut = "lut" in names
+    S.check_options(S.StageContext(run_dir=run_dir, preset=cfg.preset, target=cfg.target), set(names),
+                    stage_options(cfg), lut_file=run_dir / "lut" / "lut.json" if with_lut else None,
+                    latency_bound=cfg.latency_bound)
+    with owned_dir(run_dir, command="run"):
+        return _run_stages(cfg, stages, names, run_dir=run_dir, record_path=record_path, on_stage=on_stage,
+                           on_result=on_result, force=force, from_stage=from_stage)
+
+
+def _run_stages(cfg: PipelineConfig, stages: list[Stage], names: list[str], *, run_dir: Path, record_path: Path,
+                on_stage: Callable[[str, str], None] | None, on_result: Callable[[str, dict[str, Any] | None], None]
+                | None, force: bool, from_stage: str | None) -> dict[str, Any]:
+    from e2rnas import __version__
+
     old = _old_fingerprints(record_path)
     from e2rnas.run.provenance import provenance
 

@@ -52,7 +52,34 @@ def take(stage: str, options: dict[str, Any], spec: dict[str, str | tuple[str, C
     return out
 
 
+def check_options(ctx: StageContext, stages: set[str], options: dict[str, dict[str, Any]], *,
+                  lut_file: Path | None, latency_bound: str | None) -> None:
+    """Every stage's settings, validated before the first stage runs: an unknown key or a bad value in a later
+    stage's section is one line now, not after minutes of the stages before it."""
+    try:
+        if "lut" in stages:
+            take("lut", options["deploy"], DEPLOY_OPTIONS)
+            take("lut", options["lut"], LUT_OPTIONS)
+        if "search" in stages:
+            search_config(ctx, options["search"], lut_file=lut_file, latency_bound=latency_bound)
+        if "train" in stages:
+            train_config(ctx, options["train"])
+    except E2RNASError as exc:
+        raise E2RNASError(f"bad pipeline settings (nothing ran): {exc}") from None
+    for name, spec in (("eval", EVAL_OPTIONS), ("export", EXPORT_OPTIONS), ("bench", BENCH_OPTIONS),
+                       ("check", CHECK_OPTIONS)):
+        if name in stages:
+            take(name, options[name], spec)
+
+
 # -------------------------------------------------------------------------------------------------- stages
+DEPLOY_OPTIONS: dict[str, Any] = {
+    "deploy_layers": "layers", "deploy_channels": "C", "deploy_c": "C", "deploy_image_size": "input_size",
+    "deploy_input_size": "input_size", "deploy_num_classes": "num_classes", "deploy_classes": "num_classes"}
+LUT_OPTIONS: dict[str, Any] = {"batch": "batch", "threads": "threads", "runs": "runs", "rounds": "rounds",
+                               "warmup": "warmup", "seed": "seed"}
+
+
 def lut(ctx: StageContext, options: dict[str, Any], deploy: dict[str, Any]) -> Result:
     from e2rnas.deploy_targets.lut import measure_latency_table
     from e2rnas.deploy_targets.profiles import get_target
@@ -60,41 +87,52 @@ def lut(ctx: StageContext, options: dict[str, Any], deploy: dict[str, Any]) -> R
     from e2rnas.space.cost import DeployShape
 
     p = preset_section(ctx.preset, "search")
-    d = take("lut", deploy, {"deploy_layers": "layers", "deploy_channels": "C", "deploy_c": "C",
-                             "deploy_image_size": "input_size", "deploy_input_size": "input_size",
-                             "deploy_num_classes": "num_classes", "deploy_classes": "num_classes"})
+    d = take("lut", deploy, DEPLOY_OPTIONS)
     shape = DeployShape(layers=d.get("layers", p["deploy_layers"]), C=d.get("C", p["deploy_C"]),
                         num_classes=d.get("num_classes", p["deploy_num_classes"]),
                         input_size=d.get("input_size", p["deploy_input_size"]))
-    kw = take("lut", options, {"batch": "batch", "threads": "threads", "runs": "runs", "rounds": "rounds",
-                               "warmup": "warmup", "seed": "seed"})
+    kw = take("lut", options, LUT_OPTIONS)
     table = measure_latency_table(shape=shape, target=get_target(ctx.target), **kw)
     table.save(ctx.path("lut", "lut.json"))
     return 0, table.to_dict()
 
 
-def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file: Path | None,
-           latency_bound: str | None) -> Result:
+def search_config(ctx: StageContext, options: dict[str, Any], *, lut_file: Path | None,
+                  latency_bound: str | None) -> tuple[Any, list[str]]:
+    """The search stage's config and its notes (``ood_dataset: none``)."""
     from e2rnas.config import build_config
-    from e2rnas.search.runner import SearchConfig, run_search
+    from e2rnas.search.runner import SearchConfig
 
     opts, notes, no_ood = without_ood(dict(options))
     if lut_file is not None:
         opts = {"lut": str(lut_file), **latency_bound_fields(latency_bound), **opts}
     if "latency_bound" in opts and isinstance(opts["latency_bound"], str):
         opts |= latency_bound_fields(opts.pop("latency_bound"))
-    cfg = build_config(SearchConfig, preset=ctx.preset, section="search", overrides=opts, drop_ood=no_ood)
+    return build_config(SearchConfig, preset=ctx.preset, section="search", overrides=opts, drop_ood=no_ood), notes
+
+
+def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file: Path | None,
+           latency_bound: str | None) -> Result:
+    from e2rnas.search.runner import run_search
+
+    cfg, notes = search_config(ctx, options, lut_file=lut_file, latency_bound=latency_bound)
     summary = run_search(cfg, out_dir=ctx.path("search"), resume=resume, on_step=ctx.on_search_step)
     return 0, summary | {"notes": notes}
 
 
-def train(ctx: StageContext, options: dict[str, Any], *, genotype: str, resume: bool) -> Result:
+def train_config(ctx: StageContext, options: dict[str, Any]) -> Any:
     from e2rnas.config import build_config
+    from e2rnas.train.trainer import TrainConfig
+
+    return build_config(TrainConfig, preset=ctx.preset, section="train", overrides=options)
+
+
+def train(ctx: StageContext, options: dict[str, Any], *, genotype: str, resume: bool) -> Result:
     from e2rnas.space.genotypes import resolve_genotype
-    from e2rnas.train.trainer import TrainConfig, search_meta
+    from e2rnas.train.trainer import search_meta
     from e2rnas.train.trainer import train as run_train
 
-    cfg = build_config(TrainConfig, preset=ctx.preset, section="train", overrides=options)
+    cfg = train_config(ctx, options)
     summary = run_train(cfg, genotype=resolve_genotype(genotype), out_dir=ctx.path("train"), resume=resume,
                         progress=ctx.progress, search_meta=search_meta(genotype))
     return 0, summary

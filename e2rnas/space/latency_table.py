@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -67,6 +68,19 @@ class LatencyTable:
     op_scale: dict[str, float] = field(default_factory=dict)  # per op in-network factor; 1 where absent
     environment: dict[str, Any] = field(default_factory=dict)
     measurement: dict[str, Any] = field(default_factory=dict)  # raw timings, overheads, reference fit
+
+    def __post_init__(self) -> None:
+        """Every number a latency: finite, and not negative (a NaN would pass every bound and rank nothing)."""
+        fix = "re-run `e2rnas lut` to measure a new table"
+        values = [("fixed_ms", self.fixed_ms), *((f"{op} at C={C}, stride {s}, {z}px", ms)
+                                                 for (op, C, s, z), ms in self.ops.items()),
+                  *((f"op_scale of {op}", v) for op, v in self.op_scale.items())]
+        bad = [(name, v) for name, v in values if not math.isfinite(v) or v < 0]
+        if bad:
+            name, v = bad[0]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise LatencyTableError(f"latency table entry {name} is {v}{more}; every entry must be a finite "
+                                    f"number >= 0: {fix}")
 
     # -- identity ----------------------------------------------------------------------------------------------
     @property
@@ -199,6 +213,12 @@ class LatencyTable:
                         measurement=dict(data.get("measurement") or {}))
         except (TypeError, KeyError, ValueError, AttributeError) as exc:
             raise LatencyTableError(f"{where} has a malformed entry ({type(exc).__name__}: {exc}): {fix}") from None
+        from e2rnas.space.ops import PRIMITIVES
+
+        if table.primitives != PRIMITIVES:  # alpha's columns follow the search space's op list
+            raise LatencyTableError(f"{where} times ops {', '.join(table.primitives)}, but the search space has "
+                                    f"{', '.join(PRIMITIVES)}: {fix}")
+        table.tables  # noqa: B018 (every op at every edge geometry of the deploy shape: a missing entry is one line)
         return table
 
     @classmethod

@@ -19,8 +19,20 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
-from e2rnas.data import ImageSet, augment, batches, load_dataset, normalization_for, resize, split_indices
+from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl, torch_load
+from e2rnas._outdir import check_dir, owned_dir
+from e2rnas.data import (
+    ImageSet,
+    augment,
+    batches,
+    load_dataset,
+    normalization_for,
+    require_classes,
+    require_nonempty,
+    resize,
+    split_indices,
+    split_parts,
+)
 from e2rnas.distributed import DistInfo, RunLock, barrier, local_device, mean_all_reduce, shard
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
@@ -157,13 +169,17 @@ def _load_data(cfg: TrainConfig) -> _Data:
     stream = dict(stream=cfg.loader == "dataloader", workers=cfg.workers)
     full = load_train_set(cfg.dataset, cfg.test_dataset, **kw, **stream)
     train, val = full, None
+    fix = f"use more images, a smaller --batch-size than {cfg.batch_size} or another --val-fraction"
     if cfg.val_fraction > 0:
-        train_idx, val_idx = split_indices(full.y.numpy(), cfg.val_fraction, VAL_SPLIT_SEED)
-        if len(val_idx) == 0 or len(train_idx) < cfg.batch_size:
-            raise E2RNASError(f"{cfg.dataset}: {len(full)} training images are too few for val_fraction "
-                              f"{cfg.val_fraction} and batch size {cfg.batch_size}")
-        train, val = full.subset(train_idx), full.subset(val_idx)
+        train, val = split_parts(full, cfg.val_fraction, seed=VAL_SPLIT_SEED, names=("training", "validation"),
+                                 min_sizes=(cfg.batch_size, 1), what=f"training data {cfg.dataset}", fix=fix)
+    else:
+        require_classes(full, what=f"training data {cfg.dataset}")
+        if len(full) < cfg.batch_size:
+            raise E2RNASError(f"training data {cfg.dataset}: {len(full)} images do not fill one batch of "
+                              f"{cfg.batch_size}; {fix}")
     test = load_test_set(cfg.dataset, cfg.test_dataset, **kw, **stream)
+    require_nonempty(test, f"test part of {cfg.test_dataset or cfg.dataset}")
     if test.image_size != train.image_size:
         raise E2RNASError(f"test images are {test.image_size}px but training images {train.image_size}px; "
                           "pass --image-size to resize both")
@@ -274,6 +290,7 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
     cfg = config
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
+    check_dir(out_dir, command="train")
     if resume and not ckpt_path.is_file():
         raise E2RNASError(f"nothing to resume: {ckpt_path} does not exist; run without --resume")
     if not resume and ckpt_path.is_file():
@@ -299,7 +316,7 @@ def train(config: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: boo
     torch.manual_seed(cfg.seed)
     model = spec.build(genotype).to(device)
     forward = _data_parallel(model, info, device)
-    with RunLock(out_dir, enabled=info.main):
+    with owned_dir(out_dir, command="train", enabled=info.main), RunLock(out_dir, enabled=info.main):
         return _train(cfg, genotype=genotype, out_dir=out_dir, resume=resume, progress=progress and info.main,
                       search_meta=search_meta, callback=callback if info.main else None, info=info, device=device,
                       prec=prec, data=data, spec=spec, model=model, forward=forward)
@@ -337,6 +354,9 @@ def _train(cfg: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: bool,
     if resume:
         start_epoch, best = _restore(ckpt_path, cfg, genotype, model, optimizer, scheduler, gen, device,
                                      scaler=prec.scaler, world_size=info.world_size)
+        finished = _finished_summary(out_dir, start_epoch, cfg)
+        if finished is not None:  # resuming a finished run changes nothing, its summary's provenance included
+            return finished
         if info.main:
             kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("epoch", 0) < start_epoch]
             atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
@@ -463,10 +483,9 @@ def _epoch_batches(data: _Data, cfg: TrainConfig, gen: torch.Generator, epoch: i
 def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, optimizer: torch.optim.Optimizer,
              scheduler: Any, gen: torch.Generator, device: torch.device,
              scaler: Any = None, world_size: int = 1) -> tuple[int, dict[str, Any]]:
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt files
-        raise E2RNASError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    ckpt = torch_load(path, what="training checkpoint", error=E2RNASError, map_location=device,
+                      fix=f"it is damaged (a full disk or a copy cut short?): restore it, or train again in a new "
+                          f"--out (or delete {path.name} there)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise E2RNASError(f"{path} is not an e2rnas training checkpoint")
     saved = {"amp": "off"} | dict(ckpt["config"])  # checkpoints from before the amp setting trained in fp32
@@ -488,6 +507,19 @@ def _restore(path: Path, cfg: TrainConfig, genotype: Genotype, model: Network, o
     rng["generator"], rng["torch"] = rng["generator"].cpu(), rng["torch"].cpu()
     _set_rng_state(rng, gen, device)
     return int(ckpt["epoch"]), dict(ckpt["best"])
+
+
+def _finished_summary(out_dir: Path, start_epoch: int, cfg: TrainConfig) -> dict[str, Any] | None:
+    """A finished run's summary.json (every epoch done, model.pt written), else None."""
+    import json
+
+    path = out_dir / "summary.json"
+    if start_epoch < cfg.epochs or not path.is_file() or not (out_dir / "model.pt").is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None  # a damaged summary is written again
 
 
 def _summarise(out_dir: Path, cfg: TrainConfig, genotype: Genotype, data: _Data, best: dict[str, Any],
