@@ -46,14 +46,18 @@ def check(
     b = load_budget(budget or default_budget_path())  # bad input fails here, before anything heavy loads
     t, ssh = resolve_target(target, target_file, host, port, identity, known_hosts, remote_python)
     from e2rnas._io import atomic_write_json
+    from e2rnas._outdir import json_with, owned_file
     from e2rnas.deploy_targets.budget import check as run_check
+    from e2rnas.deploy_targets.budget import find_run
 
-    result = run_check(run, budget=b, target=t, reuse_eval=reuse_eval, dataset=dataset, ood_dataset=ood_dataset,
-                       data_dir=data_dir, max_samples=max_samples, warmup=warmup, runs=runs, duration=duration,
-                       threads=threads, ssh=ssh, seed=seed or 0)
-    result["budget_file"] = str(budget or default_budget_path())
-    path = (out or Path(result["run"])) / "check.json"
-    atomic_write_json(path, result)
+    # a new check.json or one that check wrote, in a folder found writable before anything is measured
+    path = (out or find_run(run).root) / "check.json"
+    with owned_file(path, command="check", made_by_us=json_with("lines", "passed")):
+        result = run_check(run, budget=b, target=t, reuse_eval=reuse_eval, dataset=dataset, ood_dataset=ood_dataset,
+                           data_dir=data_dir, max_samples=max_samples, warmup=warmup, runs=runs, duration=duration,
+                           threads=threads, ssh=ssh, seed=seed or 0)
+        result["budget_file"] = str(budget or default_budget_path())
+        atomic_write_json(path, result)
     if json:
         print_json(result)
     else:
