@@ -20,8 +20,18 @@ from typing import Any
 
 import torch
 
-from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl
-from e2rnas.data import ImageSet, augment, batches, cycle, load_dataset, normalization_for, split_indices
+from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl, torch_load
+from e2rnas._outdir import check_dir, owned_dir
+from e2rnas.data import (
+    ImageSet,
+    augment,
+    batches,
+    cycle,
+    load_dataset,
+    normalization_for,
+    require_nonempty,
+    split_parts,
+)
 from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_device, mean_all_reduce, shard
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
@@ -246,13 +256,18 @@ def load_search_data(cfg: SearchConfig) -> SearchData:
     """Half of the training split for the weights and half for the architecture (stratified, fixed seed)."""
     full = load_dataset(cfg.dataset, split="train", data_dir=cfg.data_dir, download=cfg.download,
                         image_size=cfg.image_size)
-    w_idx, a_idx = split_indices(full.y.numpy(), 1 - cfg.train_portion, seed=cfg.seed)
+    # both halves feed every step: an empty or one-image half would spin or break BatchNorm before a step ends
+    weights, arch = split_parts(full, 1 - cfg.train_portion, seed=cfg.seed, names=("weight", "architecture"),
+                                min_sizes=(2, 2), what=f"search data {cfg.dataset}",
+                                fix="use a larger data set, or move --train-portion towards 0.5")
     ood = None
     if cfg.ood_dataset is not None:
         ood = load_dataset(cfg.ood_dataset, split="train" if cfg.ood_dataset != "digits-ood" else "all",
                            data_dir=cfg.data_dir, download=cfg.download, image_size=full.image_size)
     mean, std = normalization_for(cfg.dataset, full)
-    return SearchData(full.subset(w_idx), full.subset(a_idx), ood, full.num_classes, full.image_size, mean, std)
+    if ood is not None:
+        require_nonempty(ood, f"OoD set {cfg.ood_dataset}")
+    return SearchData(weights, arch, ood, full.num_classes, full.image_size, mean, std)
 
 
 def deploy_shape(cfg: SearchConfig, data: SearchData) -> DeployShape:
@@ -405,7 +420,13 @@ class SearchRun:
     def load(self) -> None:
         if not self.checkpoint_path.is_file():
             raise E2RNASError(f"nothing to resume: {self.checkpoint_path} does not exist (drop --resume to start)")
-        blob = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        blob = torch_load(self.checkpoint_path, what="search checkpoint", error=E2RNASError,
+                          fix=f"it is damaged (a full disk or a copy cut short?): restore it, or start the search "
+                              f"again in a new --out (or delete {self.checkpoint_path.name} there)",
+                          map_location=self.device)
+        if not isinstance(blob, dict) or not {"config", "model", "epoch"} <= blob.keys():
+            raise E2RNASError(f"{self.checkpoint_path} is not an e2rnas search checkpoint; resume a search run's "
+                              f"folder, or start a new --out")
         # checkpoints from before these settings searched in fp32 with fast FGSM
         saved = {"amp": "off", "fgsm_start": "random"} | dict(blob["config"])
         if saved != self.cfg.as_dict():
@@ -501,6 +522,7 @@ def skip_dropout(cfg: SearchConfig, stage: int, epoch_in_stage: int, stage_len: 
 
 
 def cycle_labeled(data: ImageSet, batch_size: int, generator: torch.Generator):
+    require_nonempty(data, "architecture half")
     while True:
         yield from batches(data, batch_size, shuffle=True, generator=generator, drop_last=len(data) >= batch_size)
 
@@ -525,24 +547,9 @@ def _step_record(run: SearchRun, res: StepResult, step: int, displacement: float
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
-_RUN_FILES = {"config.yaml", "metrics.jsonl", "alphas.jsonl", "checkpoint.pt", "genotype.json", "summary.json",
-              "tensorboard", "mlruns"}  # and the --tracker folders
-
-
-def _check_out_dir(out_dir: Path, *, resume: bool) -> None:
-    """Never write a search beside a user's own files: an existing --out must be empty or a search run."""
-    if resume or not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise E2RNASError(f"--out {out_dir} is a file; choose a new directory for the search run")
-    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _RUN_FILES and not p.name.startswith("."))
-    if foreign:
-        raise E2RNASError(f"--out {out_dir} holds files that are not a search run's ({', '.join(foreign[:3])}); "
-                          f"choose a new or empty directory")
-
-
 def _drop_records_after_checkpoint(metrics: Path, alphas: Path, *, epoch: int, step: int) -> None:
-    """A run killed after its last checkpoint logged steps that the resume runs again: keep each record once."""
+    """A run killed after its last checkpoint logged steps that the resume runs again: keep each record once.
+    Rewritten whole (atomic) every time, so that a torn last line, which ``read_jsonl`` drops, is gone too."""
     def kept(rec: dict[str, Any]) -> bool:
         if rec.get("type") == "step":
             return rec["epoch"] < epoch or (rec["epoch"] == epoch and rec["step"] <= step)
@@ -550,7 +557,7 @@ def _drop_records_after_checkpoint(metrics: Path, alphas: Path, *, epoch: int, s
 
     for path in (metrics, alphas):
         records = read_jsonl(path)
-        if any(not kept(r) for r in records):
+        if path.is_file():
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records if kept(r)))
 
 
@@ -564,12 +571,13 @@ def run_search(config: SearchConfig, *, out_dir: Path, resume: bool = False,
         raise E2RNASError(f"batch_size {config.batch_size} must be a multiple of the {info.world_size} processes "
                           f"(each takes an equal slice of every global batch)")
     if info.main:
-        _check_out_dir(out_dir, resume=resume)
+        check_dir(out_dir, command="search")  # a refusal before the data loads
     # config.yaml records the precision that ran (auto -> tf32 on CUDA, off elsewhere)
     config = replace(config, amp=resolve_amp(config.amp, torch.device(local_device(config.device, info))))
     data = load_search_data(config)
     run = SearchRun(config, data, out_dir, dist=info)
-    with RunLock(out_dir, enabled=info.main), run.precision.tf32():
+    with owned_dir(out_dir, command="search", enabled=info.main), RunLock(out_dir, enabled=info.main), \
+            run.precision.tf32():
         return _run(run, config, out_dir, resume=resume, on_step=on_step if info.main else None,
                     on_epoch=on_epoch if info.main else None)
 
@@ -581,6 +589,9 @@ def _run(run: SearchRun, config: SearchConfig, out_dir: Path, *, resume: bool, o
     info = run.dist
     if resume:
         run.load()
+        finished = _finished_summary(out_dir, run)
+        if finished is not None:  # resuming a finished run changes nothing, its summary's provenance included
+            return finished
     elif run.checkpoint_path.exists():
         raise E2RNASError(f"{out_dir} already holds a search; pass --resume to continue it or choose another --out")
     metrics, alphas = out_dir / "metrics.jsonl", out_dir / "alphas.jsonl"
@@ -647,6 +658,17 @@ def _run(run: SearchRun, config: SearchConfig, out_dir: Path, *, resume: bool, o
         run.save()
         raise
     return finalize(run, out_dir)
+
+
+def _finished_summary(out_dir: Path, run: SearchRun) -> dict[str, Any] | None:
+    """The summary of a run whose every epoch is done and whose summary and genotype are on disk, else None."""
+    path = out_dir / "summary.json"
+    if run.epoch < run.cfg.epochs or not path.is_file() or not (out_dir / "genotype.json").is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        return None  # a damaged summary is written again
 
 
 def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
