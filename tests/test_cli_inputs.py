@@ -20,7 +20,7 @@ def _e2rnas(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def test_search_refuses_an_out_dir_of_foreign_files(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     proc = _e2rnas("search", "--out", str(tmp_path), "--epochs", "1", "--warmup-epochs", "0")
-    assert proc.returncode == 2 and "not a search run" in proc.stderr
+    assert proc.returncode == 2 and "did not write (notes.txt)" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
 
