@@ -15,8 +15,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on 
 Preset = Annotated[str, typer.Option("--preset", help="Named settings: embedded-default (minutes on a CPU) or paper.")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file of settings; flags override it.")]
 Out = Annotated[Path | None, typer.Option("--out", help="Run directory for every artifact of this command.")]
-Device = Annotated[str | None, typer.Option("--device", help="torch device: auto (default: cuda when a GPU is "
-                                                          "visible, else cpu), cpu, cuda, cuda:1, mps.")]
+Device = Annotated[str | None, typer.Option("--device", help="torch device: cpu, cuda, cuda:1, mps, or auto "
+                                                          "(cuda when a GPU is visible, else cpu).")]
 PrintConfig = Annotated[bool, typer.Option("--print-config", help="Print the resolved settings (preset, then "
                                                                   "--config, then flags) as YAML and exit.")]
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder holding torchvision data sets.")]

@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of output that goes to a file, a pipe or a CI log (no terminal to fit): wide enough that tables and help
+#: pages are never cut; COLUMNS (Rich) or TERMINAL_WIDTH (Typer's help) still win when set.
+NO_TTY_WIDTH = 200
+
+
+def no_tty_width(stream: Any) -> int | None:
+    """NO_TTY_WIDTH when ``stream`` is not a terminal and no width is set in the environment, else None (Rich
+    measures the terminal)."""
+    if os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH"):
+        return None
+    isatty = getattr(stream, "isatty", None)
+    return None if callable(isatty) and isatty() else NO_TTY_WIDTH
+
+
+def wide_help_without_a_terminal() -> None:
+    """Typer's help pages use their own console, 80 columns without a terminal: widen them the same way."""
+    import typer.rich_utils as ru
+
+    if ru.MAX_WIDTH is None:
+        ru.MAX_WIDTH = no_tty_width(sys.stdout)
+
+
+console = Console(width=no_tty_width(sys.stdout))
+err_console = Console(stderr=True, width=no_tty_width(sys.stderr))
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *,
                 caption: str | None = None) -> None:
     table = Table(title=title, caption=caption, header_style="bold")
-    for i, col in enumerate(columns):
-        table.add_column(col, justify="left" if i == 0 else "right")
+    for i, col in enumerate(columns):  # fold, never cut: a narrow terminal wraps a number or a name, never drops it
+        table.add_column(col, justify="left" if i == 0 else "right", overflow="fold")
     for row in rows:
         table.add_row(*(fmt(v) for v in row))
     console.print(table)

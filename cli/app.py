@@ -14,8 +14,9 @@ from typing import Any
 import typer
 
 from e2rnas import __version__
-from e2rnas.cli._output import error
+from e2rnas.cli._output import error, wide_help_without_a_terminal
 
+wide_help_without_a_terminal()
 app = typer.Typer(
     name="e2rnas",
     help="E2RNAS: search, retrain, evaluate, export and deploy accurate, small, fast and robust networks.",
@@ -144,10 +145,25 @@ def _add_preset_help(param: Any, section: str, fields: dict[str, Any]) -> None:
     shown = []
     for preset in ("embedded-default", "paper"):
         value = PRESETS[preset].get(section, {}).get(key, default)
-        shown.append(f"{preset}: {list(value) if isinstance(value, tuple) else value}")
+        shown.append(f"{preset}: {as_text(value)}")
     from rich.markup import escape
 
     param.help = f"{param.help or ''} {escape('[' + '; '.join(shown) + ']')}".strip()
+
+
+def as_text(value: Any) -> str:
+    """A setting as a person writes it: 'unset', 'on'/'off', '3, 5, 5', 'a=1, b=2', never a Python repr."""
+    if value is None:
+        return "unset"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(as_text(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={as_text(v)}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def hoist_global_options(argv: list[str]) -> list[str]:

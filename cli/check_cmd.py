@@ -67,17 +67,26 @@ def check(
         raise typer.Exit(1)
 
 
+def _result(ln: dict[str, Any]) -> str:
+    if ln.get("decides", True):
+        return "[green]pass[/]" if ln["passed"] else "[red]FAIL[/]"
+    return "info" if ln["passed"] else "[yellow]over T[/]"
+
+
 def show(result: dict[str, Any]) -> None:
     rows = [[ln["what"], f"{ln['op']} {ln['limit']:g}", ln["bound"], ln["estimate"], ln["exact"], ln["measured"],
-             "[green]pass[/]" if ln["passed"] else "[red]FAIL[/]",
+             _result(ln),
              None if ln["margin"] is None else f"{ln['margin']:+.4g} ({ln['margin_pct']:+.0f}%)"
              if ln["margin_pct"] is not None else f"{ln['margin']:+.4g}"] for ln in result["lines"]]
     t = result["target"]["name"]
+    budget_file = Path(result.get("budget_file") or "the budget file").name
     print_table(f"e2rnas check {result['model']} on {t}",
-                ["budget", "limit", "search bound", "search estimate", "genotype exact", f"measured ({t})", "result",
-                 "margin"], rows,
-                caption="search bound: L (params) / F (MACs); estimate: softmax expectation at the final alphas; "
-                        "exact: the genotype's cost at the search's deploy shape")
+                ["budget", f"limit ({budget_file})", "search bound", "search estimate", "genotype exact",
+                 f"measured ({t})", "result", "margin"], rows,
+                caption=f"pass/fail: the measured value against the limit of {result.get('budget_file')}; search "
+                        "bound: L (params) / F (MACs) / T (latency p50), shown for comparison and never deciding; "
+                        "estimate: softmax expectation at the final alphas; exact: the genotype's cost at the "
+                        "search's deploy shape")
     for ln in result["lines"]:
         console.print(f"  {ln['what']}: {ln['source']}", highlight=False)
     for note in result.get("notes", []):

@@ -151,7 +151,7 @@ def search(
     arch_lr: Annotated[float | None, typer.Option("--arch-lr", help="Architecture (alpha) learning rate.")] = None,
     weighting: Weighting = None,
     cost_form: Annotated[str | None, typer.Option("--cost-form", help="Cost objectives: band (zero inside the "
-                                                  "budget, [floor x L, L], <= F, <= T; default) or target "
+                                                  "budget, \\[floor x L, L], <= F, <= T; default) or target "
                                                   "(|x - B| / B, the paper and its preset).")] = None,
     cost_units: Annotated[str | None, typer.Option("--cost-units", help="Cost objectives divided by their bound "
                                                    "(relative; default) or in M params / M MACs / ms (paper: eqs. "

@@ -104,6 +104,7 @@ def test_check_passes_with_exit_0(run, tmp_path) -> None:
     assert lines["max_latency_ms"]["measured"] == data["latency"]["p95_ms"] > 0
     assert 0 <= lines["min_accuracy"]["measured"] <= 1 and "model.onnx" in lines["min_accuracy"]["source"]
     assert "search bound" in result.output and "pass" in result.output
+    assert f"limit ({b.name})" in result.output and "never deciding" in result.output  # which limits decide
 
 
 def test_check_fails_with_exit_1_and_reports_the_margin(pipeline, tmp_path) -> None:

@@ -103,8 +103,14 @@ def test_latency_line_measures_the_onnx_file_at_the_percentile(run):
     assert line["measured"] == result["latency"]["p90_ms"] > 0 and line["passed"]
     assert line["what"] == "latency p90 ms, batch 1" and line["source"] == "onnx on cpu"
     assert result["latency"]["batch"] == 1 and result["latency"]["runs"] >= 3
-    # the search used a latency table of this target and batch: T, the softmax estimate and the prediction
-    assert (line["bound"], line["estimate"], line["exact"]) == (3.0, 2.5, 2.75)
+    # T, the softmax estimate and the prediction are p50s: on a row of their own against the measured p50
+    assert (line["bound"], line["estimate"], line["exact"]) == (None, None, None)
+    t_row = _lines(result)["search_latency_bound_ms"]
+    assert (t_row["bound"], t_row["estimate"], t_row["exact"]) == (3.0, 2.5, 2.75) and t_row["limit"] == 3.0
+    assert t_row["measured"] == result["latency"]["p50_ms"] and t_row["decides"] is False
+    p50 = check(run, budget=Budget(max_latency_ms=1e4), target=CPU, **FAST)
+    assert "search_latency_bound_ms" not in _lines(p50)
+    assert (_lines(p50)["max_latency_ms"]["bound"], _lines(p50)["max_latency_ms"]["exact"]) == (3.0, 2.75)
     tiny = check(run, budget=Budget(max_latency_ms=1e-9), target=CPU, **FAST)
     assert tiny["passed"] is False
 

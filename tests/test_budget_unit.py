@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from e2rnas.deploy_targets.budget import Budget, BudgetError, CheckLine, parse_budget, read_eval_json
+from e2rnas.deploy_targets.budget import (
+    Budget,
+    BudgetError,
+    CheckLine,
+    latency_lines,
+    parse_budget,
+    read_eval_json,
+)
 from e2rnas.errors import E2RNASError
 
 
@@ -41,8 +48,8 @@ def test_check_line_record():
     d = CheckLine("max_params_m", "params (M)", limit=2.0, measured=1.5, source="cost model", bound=1.8,
                   estimate=1.6, exact=1.5).as_dict()
     assert d == {"key": "max_params_m", "what": "params (M)", "limit": 2.0, "measured": 1.5, "source": "cost model",
-                 "bound": 1.8, "estimate": 1.6, "exact": 1.5, "op": "<=", "margin": 0.5, "margin_pct": 25.0,
-                 "passed": True}
+                 "bound": 1.8, "estimate": 1.6, "exact": 1.5, "decides": True, "op": "<=", "margin": 0.5,
+                 "margin_pct": 25.0, "passed": True}
     d = CheckLine("min_aupr", "AUPR", limit=0.5, measured=0.4, source="eval").as_dict()
     assert d["op"] == ">=" and d["margin"] == pytest.approx(-0.1) and d["margin_pct"] == pytest.approx(-20.0)
     assert d["passed"] is False
@@ -128,3 +135,41 @@ def test_load_budget_reads_a_file_and_names_it_in_errors(tmp_path):
     shipped = default_budget_path()
     assert (shipped.parent.parent.name, shipped.parent.name, shipped.name) == ("e2rnas", "budgets", "default.yaml")
     assert load_budget(shipped).limits  # the shipped budget parses and sets limits
+
+
+SEARCH_T = {"lut_key": {"target": "cpu", "batch": 1}, "latency_bound_ms": 0.37, "expected_latency_ms": 0.35,
+            "table_latency_ms": 0.36}
+
+
+def test_a_p90_budget_row_holds_no_p50_search_numbers_and_t_gets_its_own_row():
+    """The issue's case: budget p90 5 ms, T 0.37 ms (a p50), measured p50 0.27 / p90 0.44 ms."""
+    notes: list[str] = []
+    rows = latency_lines(Budget(max_latency_ms=5.0, latency_percentile=90), latency={"p50_ms": 0.27, "p90_ms": 0.44},
+                         search=SEARCH_T, target="cpu", source="onnx on cpu", notes=notes)
+    budget_row, t_row = rows
+    assert (budget_row.what, budget_row.measured, budget_row.limit) == ("latency p90 ms, batch 1", 0.44, 5.0)
+    assert (budget_row.bound, budget_row.estimate, budget_row.exact) == (None, None, None) and budget_row.decides
+    assert t_row.what.startswith("latency p50 ms, batch 1") and t_row.measured == 0.27 and t_row.limit == 0.37
+    assert (t_row.bound, t_row.estimate, t_row.exact) == (0.37, 0.35, 0.36) and not t_row.decides and t_row.passed
+    assert notes == []
+
+
+def test_a_p50_over_t_is_flagged_though_the_budget_passes():
+    notes: list[str] = []
+    rows = latency_lines(Budget(max_latency_ms=5.0), latency={"p50_ms": 0.4, "p90_ms": 0.5}, search=SEARCH_T,
+                         target="cpu", source="onnx on cpu", notes=notes)
+    assert len(rows) == 1 and rows[0].passed and rows[0].bound == 0.37 and rows[0].measured == 0.4
+    assert len(notes) == 1 and notes[0].startswith("measured p50 0.4 ms is over the search bound T = 0.37 ms (+8%)")
+    # a p90 budget: the info row is over T and does not decide
+    notes.clear()
+    rows = latency_lines(Budget(max_latency_ms=5.0, latency_percentile=90), latency={"p50_ms": 0.4, "p90_ms": 0.5},
+                         search=SEARCH_T, target="cpu", source="s", notes=notes)
+    assert rows[0].passed and not rows[1].passed and not rows[1].decides and len(notes) == 1
+
+
+def test_without_a_table_of_this_target_there_is_one_row():
+    notes: list[str] = []
+    rows = latency_lines(Budget(max_latency_ms=5.0, latency_percentile=90), latency={"p50_ms": 9.0, "p90_ms": 9.5},
+                         search=SEARCH_T, target="cuda", source="s", notes=notes)
+    assert len(rows) == 1 and not rows[0].passed and rows[0].bound is None
+    assert "measured on cpu at batch 1" in notes[0]

@@ -163,8 +163,15 @@ def check_table(check: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
               "result"]
     rows = [[ln.get("what", ln.get("key")), f"{ln.get('op', '')} {_num(ln.get('limit'))}", _num(ln.get("bound")),
              _num(ln.get("estimate")), _num(ln.get("exact")), _num(ln.get("measured")), _num(ln.get("margin")),
-             "pass" if ln.get("passed") else "FAIL"] for ln in check.get("lines", [])]
+             _verdict(ln)] for ln in check.get("lines", [])]
     return header, rows
+
+
+def _verdict(line: dict[str, Any]) -> str:
+    if line.get("decides", True):
+        return "pass" if line.get("passed") else "FAIL"
+    return "info (within T)" if line.get("passed") else "info (over T)"
+
 
 
 def search_table(summary: dict[str, Any], check: dict[str, Any] | None) -> tuple[list[str], list[list[Any]]]:
@@ -345,7 +352,10 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     if check:
         verdict = "all budget lines pass" if check.get("passed") else "the budget is NOT met"
         md += [f"## Budget check on `{check.get('target', {}).get('name', '?')}`: {verdict}", "",
-               _md_table(*check_table(check)), ""]
+               _md_table(*check_table(check)), "",
+               f"Pass/fail: each measured value against the limit of `{check.get('budget_file', 'the budget file')}`."
+               " The search bounds (L, F, T) are shown for comparison and never decide; T was built from p50 "
+               "latencies, so it is compared with the measured p50.", ""]
     md += ["## Accuracy, size, robustness and latency", "", _md_table(*main_table(evaluation, bench, model_path)), ""]
     if evaluation:
         proto = evaluation.get("protocol", {})

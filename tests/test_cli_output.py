@@ -1,0 +1,68 @@
+"""Output without a terminal (a file, a pipe, a CI log): nothing cut, settings written as a person would."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+from rich.console import Console
+
+from e2rnas.cli import _output
+from e2rnas.cli.app import COMMANDS, as_text, cli_command
+
+NO_WIDTH = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH", "LINES")}
+
+
+def test_no_terminal_means_a_wide_console_unless_a_width_is_set(monkeypatch):
+    for key in ("COLUMNS", "TERMINAL_WIDTH"):
+        monkeypatch.delenv(key, raising=False)
+    assert _output.no_tty_width(io.StringIO()) == _output.NO_TTY_WIDTH
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert _output.no_tty_width(Tty()) is None  # a terminal: Rich measures it
+    monkeypatch.setenv("COLUMNS", "100")
+    assert _output.no_tty_width(io.StringIO()) is None
+
+
+def test_a_narrow_table_folds_numbers_and_names_instead_of_cutting_them(monkeypatch):
+    buf = io.StringIO()
+    monkeypatch.setattr(_output, "console", Console(file=buf, width=40, color_system=None))
+    _output.print_table("t", ["artifact", "p99 latency (ms)", "genotype"],
+                        [["ArchitectureFromTheSearch.onnx", 99.12345, "sep_conv_3x3,dil_conv_5x5"]])
+    text = buf.getvalue()
+    assert "…" not in text
+    body = [line.split("│")[1:-1] for line in text.splitlines() if line.startswith("│")]
+    columns = ["".join(cells[i].strip() for cells in body) for i in range(3)]  # a folded cell, read down
+    assert columns == ["ArchitectureFromTheSearch.onnx", "99.12", "sep_conv_3x3,dil_conv_5x5"], text
+
+
+@pytest.mark.slow
+def test_help_pages_without_a_terminal_cut_no_flag_name():
+    """Piped help (no COLUMNS) at 80 columns cut ``--max-normal-free-o…``; every option of every command is whole."""
+    group = cli_command()
+    for name, _, _ in COMMANDS:
+        proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", name, "--help"], capture_output=True, text=True,
+                              timeout=120, env=NO_WIDTH)
+        assert proc.returncode == 0, proc.stderr
+        assert "…" not in proc.stdout, (name, proc.stdout)
+        for param in group.commands[name].params:
+            for flag in getattr(param, "opts", []):
+                if flag.startswith("--") and not getattr(param, "hidden", False):
+                    assert flag in proc.stdout, (name, flag)
+        if name == "search":
+            assert "[floor x L, L]" in proc.stdout  # brackets in help are text, not Rich markup
+            assert "None" not in proc.stdout and "False" not in proc.stdout and "['" not in proc.stdout
+
+
+@pytest.mark.parametrize("value, text", [
+    (None, "unset"), (True, "on"), (False, "off"), (0.05, "0.05"), (2.5e-4, "0.00025"), (("val", "ood"), "val, ood"),
+    ([3, 5, 5], "3, 5, 5"), ((), "none"), ({"test": "digits", "ood": "mnist"}, "test=digits, ood=mnist"),
+    ("cpu", "cpu")])
+def test_settings_are_written_as_a_person_would(value, text):
+    assert as_text(value) == text
