@@ -1,5 +1,6 @@
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,40 @@ def test_the_temporary_file_is_a_hidden_sibling_and_a_vanished_one_does_not_mask
     with pytest.raises(RuntimeError, match="writer failed"):
         atomic_write(path, vanish)
     assert path.read_text() == "x"
+
+
+def test_the_write_is_a_rename_a_reader_of_the_old_file_keeps_it_whole(tmp_path):
+    """What makes the write atomic, each of which a copy-then-unlink (or an in-place rewrite) would break: the new
+    content arrives as a new inode by one rename; until then the destination holds the old content; a reader that
+    opened the old file before the write keeps reading the old content after it."""
+    path = tmp_path / "summary.json"
+    path.write_text("old content\n")
+    before = path.stat().st_ino
+    seen_during: list[str] = []
+
+    def write(tmp: Path) -> None:
+        tmp.write_text("new content, longer than the old one\n")
+        seen_during.append(path.read_text())  # the destination while the new file is being written
+
+    with open(path) as reader:  # a reader holding the old file across the write
+        atomic_write(path, write)
+        assert reader.read() == "old content\n"
+    assert seen_during == ["old content\n"]
+    assert path.read_text() == "new content, longer than the old one\n"
+    assert path.stat().st_ino != before
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left
+
+
+def test_a_failure_half_way_leaves_the_old_file_whole_and_no_temporary(tmp_path):
+    path = tmp_path / "model.pt"
+    path.write_bytes(b"\x00" * 4096)
+    inode = path.stat().st_ino
+
+    def half(tmp: Path) -> None:
+        tmp.write_bytes(b"\x01" * 1000)
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, half)
+    assert path.read_bytes() == b"\x00" * 4096 and path.stat().st_ino == inode
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]

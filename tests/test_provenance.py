@@ -7,7 +7,7 @@ import subprocess
 import torch
 
 import e2rnas
-from e2rnas.run import provenance as P
+from e2rnas import _provenance as P
 from e2rnas.search.runner import SearchConfig, run_search
 from e2rnas.space.genotypes import GENOTYPES
 from e2rnas.train.trainer import TrainConfig, train

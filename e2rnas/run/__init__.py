@@ -1,1 +1,1 @@
-"""Orchestration: the pipeline and its stages, sweeps, tracking, provenance and the report."""
+"""Orchestration: the pipeline and its stages, sweeps, tracking and the report."""

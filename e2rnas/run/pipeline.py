@@ -196,7 +196,7 @@ def _run_stages(cfg: PipelineConfig, stages: list[Stage], names: list[str], *, r
     from e2rnas import __version__
 
     old = _old_fingerprints(record_path)
-    from e2rnas.run.provenance import provenance
+    from e2rnas._provenance import provenance
 
     record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": [], "e2rnas_version": __version__,
                               "run_dir": str(run_dir.resolve()), "cwd": str(Path.cwd()), "argv": sys.argv,

@@ -35,7 +35,7 @@ from e2rnas.data import (
 from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_device, mean_all_reduce, shard
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
-from e2rnas.run.provenance import provenance
+from e2rnas._provenance import provenance
 from e2rnas.search.bilevel import FGSM_STARTS, HVP_SCHEMES, BilevelStep, StepBatch, StepResult
 from e2rnas.search.derive import (
     DERIVE_RULES,

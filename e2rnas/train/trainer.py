@@ -38,7 +38,7 @@ from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
 from e2rnas.imagefolder import FolderIndex, one_line_errors
 from e2rnas.model_io import NetworkSpec, load_model, save_model
-from e2rnas.run.provenance import provenance
+from e2rnas._provenance import provenance
 from e2rnas.space.genotypes import Genotype
 from e2rnas.space.network import VARIANTS, Network, count_macs, count_params
 from e2rnas.train.amp import AMP_MODES, Precision, make_precision, resolve_amp
