@@ -102,6 +102,8 @@ def cli_command() -> Any:
         section_cls = PRESET_HELP.get(command.name or "")
         fields = _fields(section_cls[1]) if section_cls else {}
         for param in command.params:
+            if getattr(param, "param_type_name", "") == "argument":
+                _argument_metavar(param)
             if getattr(param, "param_type_name", "") != "option":
                 continue
             if getattr(param, "is_flag", False) and param.metavar is None:
@@ -109,6 +111,22 @@ def cli_command() -> Any:
             if section_cls and param.opts and not getattr(param, "hidden", False):
                 _add_preset_help(param, section_cls[0], fields)
     return group
+
+
+def _argument_metavar(param: Any) -> None:
+    """Arguments as ``RUN``, ``[RUN]`` and ``ARTIFACTS...`` with types such as ``<path>``, not ``{run}`` or
+    ``<list[Path]>`` (Typer's own renderings)."""
+    import re
+
+    many = getattr(param, "nargs", 1) == -1
+    if param.metavar is None:
+        param.metavar = (param.name or "arg").upper()
+    piece = param.metavar + ("..." if many else "")
+    param.get_usage_pieces = lambda ctx: [piece if param.required else f"[{piece}]"]
+    if callable(getattr(param, "display_type_rich", None)):
+        shown = param.display_type_rich
+        param.display_type_rich = lambda ctx: re.sub(r"<list\[(\w+)\]>", lambda m: f"<{m.group(1).lower()}>",
+                                                     shown(ctx) or "") or None
 
 
 def _plain_help_flag(command: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,19 +13,37 @@ import typer
 from e2rnas.cli import _options as opt
 from e2rnas.cli._output import console, print_json, print_table
 
+DEFAULT_RUN_DIR = Path("runs/default")
+
+
+def _preset_names() -> str:
+    from e2rnas.presets import PRESETS
+
+    return ", ".join(PRESETS)
+
 
 def run(
     config: opt.ConfigFile = None,
-    preset: Annotated[str | None, typer.Option("--preset", help="embedded-default or paper.")] = None,
+    preset: Annotated[str | None, typer.Option("--preset", help=f"Named settings: {_preset_names()} "
+                                               "(docs/presets.md). \\[default: embedded-default]")] = None,
     genotype: Annotated[str | None, typer.Option("--genotype", help="Skip the search; retrain this genotype.")] = None,
+    params_bound: Annotated[float | None, typer.Option("--params-bound", help="L for the search: params of the "
+                                                       "deployed network, in M (default: the preset's).")] = None,
+    macs_bound: Annotated[float | None, typer.Option("--macs-bound", help="F for the search: MACs of the deployed "
+                                                     "network, in M (default: the preset's).")] = None,
+    latency_bound: Annotated[str | None, typer.Option("--latency-bound", help="T for the search: ms, or NN% of the "
+                                                      "way from the target table's fastest genotype to its slowest. "
+                                                      "\\[default: 50%]")] = None,
     budget: Annotated[Path | None, typer.Option("--budget", help="Budget YAML (default: the shipped one).")] = None,
     target: Annotated[str | None, typer.Option("--target", help="Deploy target for bench and check.")] = None,
-    out: opt.Out = None,
+    out: Annotated[Path, typer.Option("--out", help="Run folder; running again with the same folder resumes it "
+                                      "(finished stages are skipped).")] = DEFAULT_RUN_DIR,
     force: Annotated[bool, typer.Option("--force", help="Run every stage again, even when complete.")] = False,
     from_stage: Annotated[str | None, typer.Option("--from", help="Run this stage and the ones after it again.")]
     = None,
-    skip: Annotated[list[str] | None, typer.Option("--skip", help="Leave out a stage (repeatable): lut, search, "
-                                                   "train, eval, export, bench, check, baseline, report.")] = None,
+    skip: Annotated[list[str] | None, typer.Option(
+        "--skip", metavar="STAGE", help="Leave out a stage (repeatable): lut, search, train, eval, export, bench, "
+                                        "check, baseline, report.")] = None,
     baseline: Annotated[int | None, typer.Option("--baseline", help="Also retrain and evaluate N random genotypes "
                                                  "of the same budget; the report ranks the searched network "
                                                  "among them.")] = None,
@@ -34,20 +51,11 @@ def run(
 ) -> None:
     """Search -> train -> eval -> export -> bench -> check (-> baseline) -> report, skipping stages already
     complete."""
-    from e2rnas.cli._config import load_yaml
-    from e2rnas.errors import E2RNASError
-    from e2rnas.run.pipeline import PipelineConfig, run_pipeline
+    from e2rnas.run.pipeline import run_pipeline
 
-    values = load_yaml(config) if config else {}
-    values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target, baseline=baseline,
-                                          budget=str(budget) if budget else None).items() if v is not None})
-    if skip:
-        values["skip"] = (*values.get("skip", ()), *skip)
-    try:
-        cfg = PipelineConfig(**values)
-    except (TypeError, ValueError) as exc:
-        raise E2RNASError(f"bad pipeline settings: {exc}") from exc
-    run_dir = out or Path("runs") / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = pipeline_config(config, preset=preset, genotype=genotype, target=target, baseline=baseline, budget=budget,
+                          skip=skip, params_bound=params_bound, macs_bound=macs_bound, latency_bound=latency_bound)
+    run_dir = out
 
     def show(stage: str, what: str) -> None:  # with --json the console writes to stderr
         console.rule(f"[bold]{stage}[/]")
@@ -62,6 +70,33 @@ def run(
         console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
     if record.get("check_passed") is False:
         raise typer.Exit(1)
+
+
+def pipeline_config(config: Path | None, *, preset: str | None = None, genotype: str | None = None,
+                    target: str | None = None, baseline: int | None = None, budget: Path | None = None,
+                    skip: list[str] | None = None, params_bound: float | None = None, macs_bound: float | None = None,
+                    latency_bound: str | None = None):  # noqa: ANN201 (PipelineConfig is imported lazily)
+    """The pipeline's settings: the YAML file, then the flags (a bound flag overrides the file's search section)."""
+    from e2rnas.cli._config import load_yaml
+    from e2rnas.errors import E2RNASError
+    from e2rnas.run.pipeline import PipelineConfig
+
+    values = load_yaml(config) if config else {}
+    values.update({k: v for k, v in dict(preset=preset, genotype=genotype, target=target, baseline=baseline,
+                                          latency_bound=latency_bound,
+                                          budget=str(budget) if budget else None).items() if v is not None})
+    bounds = {k: v for k, v in dict(params_bound=params_bound, macs_bound=macs_bound).items() if v is not None}
+    if bounds:
+        search = values.get("search") or {}
+        if not isinstance(search, dict):
+            raise E2RNASError("pipeline setting 'search' must be a mapping of flags, e.g. search: {epochs: 3}")
+        values["search"] = {**search, **bounds}
+    if skip:
+        values["skip"] = (*values.get("skip", ()), *skip)
+    try:
+        return PipelineConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise E2RNASError(f"bad pipeline settings: {exc}") from exc
 
 
 class SearchBar:

@@ -76,7 +76,7 @@ def train(
     with open_tracker(tracker, run_dir=out_dir, config=dataclasses.asdict(cfg)) as track:
         summary = run_train(cfg, genotype=g, out_dir=out_dir, resume=resume, progress=not json,
                             search_meta=search_meta(genotype),
-                            callback=lambda rec: log_record(track, rec, step=rec["epoch"] + 1, prefix="train/"))
+                            callback=lambda rec: log_record(track, rec, step=rec["epoch"], prefix="train/"))
     if json:
         print_json(summary)
         return

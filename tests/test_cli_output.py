@@ -55,6 +55,13 @@ def test_help_pages_without_a_terminal_cut_no_flag_name():
             for flag in getattr(param, "opts", []):
                 if flag.startswith("--") and not getattr(param, "hidden", False):
                     assert flag in proc.stdout, (name, flag)
+        usage = next(line for line in proc.stdout.splitlines() if "Usage:" in line)
+        assert "{" not in usage and "list[" not in proc.stdout, (name, usage)  # RUN, ARTIFACTS..., <path>
+        if name == "run":
+            from e2rnas.presets import PRESETS
+
+            assert "[default: runs/default]" in proc.stdout and "[default: 50%]" in proc.stdout
+            assert all(preset in proc.stdout for preset in PRESETS)
         if name == "search":
             assert "[floor x L, L]" in proc.stdout  # brackets in help are text, not Rich markup
             assert "None" not in proc.stdout and "False" not in proc.stdout and "['" not in proc.stdout
@@ -66,3 +73,13 @@ def test_help_pages_without_a_terminal_cut_no_flag_name():
     ("cpu", "cpu")])
 def test_settings_are_written_as_a_person_would(value, text):
     assert as_text(value) == text
+
+
+def test_run_bounds_reach_the_search_and_override_the_file(tmp_path):
+    from e2rnas.cli.run_cmd import pipeline_config
+
+    f = tmp_path / "run.yaml"
+    f.write_text("search: {epochs: 2, params_bound: 0.5}\nlatency_bound: 3ms\n")
+    cfg = pipeline_config(f, params_bound=0.15, macs_bound=7.5, latency_bound="40%")
+    assert cfg.search == {"epochs": 2, "params_bound": 0.15, "macs_bound": 7.5} and cfg.latency_bound == "40%"
+    assert pipeline_config(f).search == {"epochs": 2, "params_bound": 0.5} and pipeline_config(f).latency_bound == "3ms"

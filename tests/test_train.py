@@ -31,10 +31,10 @@ def test_a_few_epochs_on_digits_beat_chance_by_far(tmp_path):
     summary = train(cfg, genotype=G, out_dir=tmp_path, progress=False)
     assert summary["test_acc"] > 0.8  # 5 classes: chance is 0.2
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == list(range(6))
+    assert [r["epoch"] for r in records] == list(range(1, 7))  # counted from 1, as the console and best_epoch
     assert {"train_loss", "train_acc", "val_acc", "lr", "drop_path", "time_s"} <= set(records[0])
     vals = [r["val_acc"] for r in records]
-    assert summary["best_epoch"] == int(np.argmax(vals)) + 1  # first epoch with the best validation accuracy
+    assert summary["best_epoch"] == records[int(np.argmax(vals))]["epoch"]  # first epoch with the best val accuracy
     assert summary["best_val_acc"] == max(vals)
     assert records[0]["lr"] == pytest.approx(0.1) and records[-1]["lr"] < 0.01  # cosine
     # model.pt holds the best-validation epoch: its validation accuracy is the recorded best
@@ -57,7 +57,7 @@ def test_resume_continues_exactly(tmp_path):
         return [{k: v for k, v in json.loads(x).items() if k != "time_s"}
                 for x in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
-    assert [r["epoch"] for r in records("cut")] == [0, 1, 2]
+    assert [r["epoch"] for r in records("cut")] == [1, 2, 3]
     assert records("cut") == records("full")
 
 def test_model_file_loads_with_weights_only(tmp_path):
@@ -155,7 +155,7 @@ def _full_and_resumed(cfg: TrainConfig, tmp_path, *, stop_after_epoch: int) -> t
     full = train(cfg, genotype=G, out_dir=tmp_path / "full", progress=False)
 
     def stop(rec):
-        if rec["epoch"] == stop_after_epoch:
+        if rec["epoch"] == stop_after_epoch + 1:  # records count epochs from 1
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

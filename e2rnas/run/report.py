@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from e2rnas._io import atomic_write_text, read_jsonl
-from e2rnas.errors import E2RNASError
 from e2rnas._provenance import describe, provenance
+from e2rnas.errors import E2RNASError
 from e2rnas.run.report_quality import baseline_section, plot_steering, steering_summary_line
 
 Z95 = 1.959964  # two-sided 95% normal quantile

@@ -22,6 +22,7 @@ import torch
 
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl, torch_load
 from e2rnas._outdir import check_dir, owned_dir
+from e2rnas._provenance import provenance
 from e2rnas.data import (
     ImageSet,
     augment,
@@ -35,7 +36,6 @@ from e2rnas.data import (
 from e2rnas.distributed import DistInfo, RunLock, barrier, check_agree, local_device, mean_all_reduce, shard
 from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
-from e2rnas._provenance import provenance
 from e2rnas.search.bilevel import FGSM_STARTS, HVP_SCHEMES, BilevelStep, StepBatch, StepResult
 from e2rnas.search.derive import (
     DERIVE_RULES,

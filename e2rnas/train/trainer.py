@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from e2rnas._io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_jsonl, torch_load
 from e2rnas._outdir import check_dir, owned_dir
+from e2rnas._provenance import provenance
 from e2rnas.data import (
     ImageSet,
     augment,
@@ -38,7 +39,6 @@ from e2rnas.distributed import init as init_distributed
 from e2rnas.errors import E2RNASError
 from e2rnas.imagefolder import FolderIndex, one_line_errors
 from e2rnas.model_io import NetworkSpec, load_model, save_model
-from e2rnas._provenance import provenance
 from e2rnas.space.genotypes import Genotype
 from e2rnas.space.network import VARIANTS, Network, count_macs, count_params
 from e2rnas.train.amp import AMP_MODES, Precision, make_precision, resolve_amp
@@ -358,7 +358,7 @@ def _train(cfg: TrainConfig, *, genotype: Genotype, out_dir: Path, resume: bool,
         if finished is not None:  # resuming a finished run changes nothing, its summary's provenance included
             return finished
         if info.main:
-            kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("epoch", 0) < start_epoch]
+            kept = [r for r in read_jsonl(out_dir / "metrics.jsonl") if r.get("epoch", 0) <= start_epoch]  # from 1
             atomic_write_text(out_dir / "metrics.jsonl", "".join(_jsonl(r) for r in kept))
     elif info.main:
         import yaml
@@ -457,7 +457,8 @@ def _train_epoch(model: Network, optimizer: torch.optim.Optimizer, data: _Data, 
     if info.active:  # the epoch's numbers over every process's slice
         total_loss, correct, seen = (float(v) * info.world_size for v in mean_all_reduce(
             [torch.tensor([total_loss, float(correct), float(seen)], dtype=torch.float64)], info)[0])
-    return {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
+    # epochs counted from 1, as the console and the summary's best_epoch
+    return {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), "train_acc": correct / max(seen, 1),
             "lr": lr, "drop_path": model.drop_path_prob, "time_s": round(time.perf_counter() - t0, 3)}
 
 
