@@ -37,3 +37,12 @@ Classes = Annotated[int | None, typer.Option("--classes", help="Number of classe
 Tracker = Annotated[str | None, typer.Option("--tracker", help="Also send the metrics to tensorboard (<run>/"
                                                             "tensorboard/) or mlflow (MLFLOW_TRACKING_URI); "
                                                             "metrics.jsonl stays the record.")]
+
+# the deployed network's shape, as `search` names it (`--layers` etc. still work for `cost` and `genotypes`)
+DeployLayers = Annotated[int | None, typer.Option("--deploy-layers", "--layers", help="Cells of the deployed network.")]
+DeployChannels = Annotated[int | None, typer.Option("--deploy-channels", "--channels",
+                                                    help="Initial channels C of the deployed network.")]
+DeployImageSize = Annotated[int | None, typer.Option("--deploy-image-size", "--image-size",
+                                                     help="Input resolution of the deployed network (square).")]
+DeployClasses = Annotated[int | None, typer.Option("--deploy-classes", "--classes",
+                                                   help="Classes of the deployed network.")]

@@ -78,3 +78,31 @@ def test_a_data_loading_error_is_one_line_without_the_search_header(tmp_path):
     proc = _e2rnas("search", "--dataset", f"npz:{tmp_path / 'missing.npz'}", "--out", str(tmp_path / "r"))
     assert proc.returncode == 2 and "missing.npz" in proc.stderr
     assert "run directory" not in proc.stdout and "search:" not in proc.stdout
+
+
+def test_cost_splits_into_fixed_and_each_cell_and_names_its_shape(tmp_path):
+    """fixed + every cell = total, each cell measured alone equals its row; --deploy-* and --layers both work."""
+    from e2rnas.space.network import Network, count_macs, count_params
+
+    g = GENOTYPES["DARTS_V2"]
+    result = CliRunner().invoke(app, ["cost", "DARTS_V2", "--deploy-layers", "5", "--deploy-channels", "8",
+                                      "--deploy-image-size", "16", "--json"])
+    assert result.exit_code == 0, result.output
+    got = json.loads(result.stdout)
+    assert [c["type"] for c in got["cells"]] == ["normal", "reduce", "normal", "reduce", "normal"]
+    assert got["deploy_shape_from"].startswith("flags over the DARTS evaluation network's")
+    params = got["fixed"]["params_m"] + sum(c["params_m"] for c in got["cells"])
+    assert params == pytest.approx(got["total"]["params_m"], rel=1e-12)
+    assert got["normal_cells"]["macs_m"] + got["reduce_cells"]["macs_m"] + got["fixed"]["macs_m"] == pytest.approx(
+        got["total"]["macs_m"], rel=1e-12)
+    net = Network(g, 8, 5, 10, input_size=16)  # what the rows add up to is what the built network counts
+    assert got["total"]["params_m"] == pytest.approx(count_params(net, exclude_aux=True) / 1e6, rel=1e-12)
+    cell0 = sum(p.numel() for p in net.cells[0].parameters())
+    pre = sum(p.numel() for m in (net.cells[0].preprocess0, net.cells[0].preprocess1) for p in m.parameters())
+    assert got["cells"][0]["params_m"] == pytest.approx((cell0 - pre) / 1e6, rel=1e-12)
+    assert count_macs(net, input_size=16) / 1e6 == pytest.approx(got["total"]["macs_m"], rel=1e-9)
+    old = CliRunner().invoke(app, ["cost", "DARTS_V2", "--layers", "5", "--channels", "8", "--image-size", "16",
+                                   "--json"])
+    assert json.loads(old.stdout)["cells"] == got["cells"]
+    text = CliRunner().invoke(app, ["cost", "DARTS_V2", "--deploy-layers", "5"]).output
+    assert "cell 4 (normal" in text and "deploy shape: 5 cells C=36 32px 10 classes (flags over" in text

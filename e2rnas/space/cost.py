@@ -227,14 +227,22 @@ class CostModel:
                     out["reduce" if slot.reduction else "normal"][e, k] += torch.tensor([n_o, f_o])
         return out
 
+    def cell_costs(self, genotype: Genotype) -> list[tuple[CellSlot, Cost]]:
+        """Exact cost of each cell's 8 kept edge ops, in network order (the rest is ``fixed``)."""
+        out = []
+        for slot in self.slots:
+            total = Cost(0, 0)
+            for op, inp in genotype.reduce if slot.reduction else genotype.normal:
+                stride, size = slot.edge_geometry(inp)
+                total = total + self.op_cost(op, slot.C, stride, size)
+            out.append((slot, total))
+        return out
+
     def genotype_cost(self, genotype: Genotype) -> Cost:
         """Exact cost of the deploy network built from ``genotype`` (its 8 kept edges per cell)."""
         total = self.fixed
-        for slot in self.slots:
-            edges = genotype.reduce if slot.reduction else genotype.normal
-            for op, inp in edges:
-                stride, size = slot.edge_geometry(inp)
-                total = total + self.op_cost(op, slot.C, stride, size)
+        for _, cell in self.cell_costs(genotype):
+            total = total + cell
         return total
 
     def expected_cost(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor,
