@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -67,3 +68,62 @@ def error(message: str) -> None:
     from rich.markup import escape
 
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``1h02m``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class Activity:
+    """What a long command is doing. In a terminal: a Rich spinner with the latest step. Without one (a pipe, a CI
+    log, where a spinner prints nothing): plain lines, one when it starts, one per tenth of the work with the time
+    taken and an ETA, and one when it ends."""
+
+    def __init__(self, label: str, *, enabled: bool = True, plain: bool | None = None, out: Console | None = None,
+                 announce: bool = True):
+        self.label, self.enabled, self.announce = label, enabled, announce
+        self.out = out or console
+        self.plain = not self.out.is_terminal if plain is None else plain
+        self._status: Any = None
+        self._t0 = 0.0
+        self._tenth = -1
+
+    def __enter__(self) -> Activity:
+        self._t0 = time.monotonic()
+        if not self.enabled:
+            return self
+        if self.plain:
+            if self.announce:
+                self.out.print(f"{self.label}: started", highlight=False, soft_wrap=True)
+        else:
+            self._status = self.out.status(f"{self.label}...", spinner="dots")
+            self._status.__enter__()
+        return self
+
+    def update(self, what: str, done: int | None = None, total: int | None = None) -> None:
+        if not self.enabled:
+            return
+        count = f" {done}/{total}" if done is not None and total else ""
+        if self._status is not None:
+            self._status.update(f"{self.label}: {what}{count}")
+            return
+        if not self.plain or done is None or not total:
+            return
+        tenth = min(10, 10 * done // total)
+        if tenth <= self._tenth:
+            return
+        self._tenth = tenth
+        spent = time.monotonic() - self._t0
+        eta = f", about {duration(spent * (total - done) / done)} left" if 0 < done < total else ""
+        self.out.print(f"{self.label}: {what}{count} ({duration(spent)}{eta})", highlight=False, soft_wrap=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+        elif self.enabled and self.plain and exc[0] is None:
+            self.out.print(f"{self.label}: done in {duration(time.monotonic() - self._t0)}", highlight=False)

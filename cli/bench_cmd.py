@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._output import console, err_console, print_json, print_table
+from e2rnas.cli._output import Activity, console, err_console, print_json, print_table
 from e2rnas.config import int_list
 from e2rnas.errors import E2RNASError
 
@@ -89,11 +88,18 @@ def bench(
     # its own folder, never beside the artifact inside a run; made (and found writable) before measuring
     path = (out or Path("runs") / f"bench-{time.strftime('%Y%m%d-%H%M%S')}") / "bench.json"
     with owned_file(path, command="bench", made_by_us=json_with("rows", "target")), \
-            console.status("measuring...", spinner="dots") if format == "table" else nullcontext():
+            Activity(f"bench: measuring {len(artifacts)} artifact(s) on {t.name}",
+                     out=console if format == "table" else err_console) as activity:
+        rows: list[str] = []
+
+        def on_row(row: dict) -> None:
+            rows.append(Path(row.get("artifact") or "?").name)
+            activity.update(f"{rows[-1]} {row.get('status', '')}".strip(), len(rows), len(artifacts))
+
         result = run_bench(artifacts, target=t, batch_sizes=sizes, metrics=wanted, warmup=warmup, runs=runs,
                            duration=duration, threads=threads, dataset=dataset, ood_dataset=ood_dataset,
                            data_dir=data_dir, max_samples=max_samples, source_model=source_model, ssh=ssh,
-                           seed=seed or 0)
+                           seed=seed or 0, on_row=on_row)
         atomic_write_json(path, result)
     if format == "table":
         show(result)

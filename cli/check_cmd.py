@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.cli._output import Activity, console, err_console, print_json, print_table
 from e2rnas.cli.bench_cmd import (
     Duration,
     Host,
@@ -52,7 +52,9 @@ def check(
 
     # a new check.json or one that check wrote, in a folder found writable before anything is measured
     path = (out or find_run(run).root) / "check.json"
-    with owned_file(path, command="check", made_by_us=json_with("lines", "passed")):
+    with owned_file(path, command="check", made_by_us=json_with("lines", "passed")), \
+            Activity(f"check: measuring against {Path(budget or default_budget_path()).name} on {t.name}",
+                     out=err_console if json else console):
         result = run_check(run, budget=b, target=t, reuse_eval=reuse_eval, dataset=dataset, ood_dataset=ood_dataset,
                            data_dir=data_dir, max_samples=max_samples, warmup=warmup, runs=runs, duration=duration,
                            threads=threads, ssh=ssh, seed=seed or 0)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.cli._output import Activity, console, err_console, print_json, print_table
 from e2rnas.cli.bench_cmd import TargetFile, TargetName, Threads
 from e2rnas.cli.info_cmd import Variant
 
@@ -48,13 +47,10 @@ def lut(
     t = get_target(target, target_file=target_file)
     # a new file or a table lut wrote (never a run's other files), its folder found writable before measuring
     with owned_file(out, command="lut", made_by_us=json_with("format", "key", "ops")), \
-            console.status("measuring...", spinner="dots") if not json else nullcontext() as status:
-        def progress(stage: str, done: int, total: int) -> None:
-            if status is not None:
-                status.update(f"{stage} {done}/{total}")
-
+            Activity("lut: measuring op latencies", out=err_console if json else console) as activity:
         table = measure_latency_table(shape=shape, target=t, batch=batch, threads=threads, runs=runs, warmup=warmup,
-                                      rounds=rounds, seed=seed or 0, on_progress=progress)
+                                      rounds=rounds, seed=seed or 0,
+                                      on_progress=lambda stage, done, total: activity.update(stage, done, total))
         table.save(out)
     if json:
         print_json(table.to_dict())

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from e2rnas.cli import _options as opt
-from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.cli._output import Activity, console, print_json, print_table
 
 DEFAULT_RUN_DIR = Path("runs/default")
 
@@ -57,13 +57,10 @@ def run(
                           skip=skip, params_bound=params_bound, macs_bound=macs_bound, latency_bound=latency_bound)
     run_dir = out
 
-    def show(stage: str, what: str) -> None:  # with --json the console writes to stderr
-        console.rule(f"[bold]{stage}[/]")
-        console.print(what, highlight=False, soft_wrap=True)
-
-    with stages_to_stderr(json), SearchBar() as bar:
-        record = run_pipeline(cfg, run_dir=run_dir, on_stage=show, on_result=show_result,
-                              force=force, from_stage=from_stage, progress=not json, on_search_step=bar.update)
+    with stages_to_stderr(json), SearchBar() as bar, StageLines() as lines:
+        record = run_pipeline(cfg, run_dir=run_dir, on_stage=lines.start, on_result=lines.result,
+                              force=force, from_stage=from_stage, progress=not json, on_search_step=bar.update,
+                              on_progress=lines.progress)
     if json:
         print_json(record | {"run_dir": str(run_dir)})
     else:
@@ -99,14 +96,55 @@ def pipeline_config(config: Path | None, *, preset: str | None = None, genotype:
         raise E2RNASError(f"bad pipeline settings: {exc}") from exc
 
 
+class StageLines:
+    """Each stage's header and result table; stages without their own progress view (lut, eval, export, bench,
+    check) get a spinner in a terminal, and plain lines without one (progress by tenths, then the time taken)."""
+
+    QUIET = ("search", "train", "baseline", "report")  # their own progress (or none worth a line)
+
+    def __enter__(self) -> StageLines:
+        self.activity: Activity | None = None
+        return self
+
+    def start(self, stage: str, what: str) -> None:
+        self._end()
+        console.rule(f"[bold]{stage}[/]")
+        console.print(what, highlight=False, soft_wrap=True)
+        if not what.startswith("skipped") and stage.split("-")[0] not in self.QUIET:
+            self.activity = Activity(stage, announce=False).__enter__()
+
+    def progress(self, what: str, done: int, total: int) -> None:
+        if self.activity is not None:
+            self.activity.update(what, done, total)
+
+    def result(self, stage: str, result: dict | None) -> None:
+        self._end()
+        show_result(stage, result)
+
+    def _end(self, *exc: object) -> None:
+        if self.activity is not None:
+            self.activity.__exit__(*(exc or (None, None, None)))
+            self.activity = None
+
+    def __exit__(self, *exc: object) -> None:
+        self._end(*exc)
+
+
 class SearchBar:
     """The search stage's progress: epoch, step, the MGDA weights and the exact genotype cost (transient)."""
 
     def __enter__(self) -> SearchBar:
-        self.progress, self.task = None, None
+        self.progress, self.task, self.plain = None, None, None
         return self
 
     def update(self, rec: dict) -> None:
+        if not console.is_terminal:  # a pipe or a CI log: the search command's plain lines (epoch, ETA, gamma)
+            if self.plain is None:
+                from e2rnas.cli.search_cmd import SearchProgress
+
+                self.plain = SearchProgress(0.0, 0.0, plain=True)
+            self.plain.on_step(rec)
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if self.progress is None:

@@ -10,7 +10,7 @@ import typer
 
 from e2rnas.cli import _options as opt
 from e2rnas.cli._config import build_config, print_resolved
-from e2rnas.cli._output import console, print_json, print_table
+from e2rnas.cli._output import console, duration, print_json, print_table
 from e2rnas.config import latency_bound_fields, without_ood
 from e2rnas.errors import E2RNASError
 
@@ -99,15 +99,9 @@ class SearchProgress:
         per_step = (now - self._clock[0]) / max(done - self._clock[1], 1)
         gammas = " ".join(f"{k} {v:.2f}" for k, v in rec.get("gammas", {}).items()) or "weights only (warm-up)"
         console.print(f"search epoch {rec['epoch'] + 1}/{rec['epochs']} step {rec['step']}/"
-                      f"{rec['steps_per_epoch']}: {per_step:.2f} s/step, about {_duration(per_step * (total - done))}"
+                      f"{rec['steps_per_epoch']}: {per_step:.2f} s/step, about {duration(per_step * (total - done))}"
                       f" left; gamma {gammas}; genotype {rec['exact_params_m']:.4f} M params, "
                       f"{rec['exact_macs_m']:.2f} M MACs", highlight=False, soft_wrap=True)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
-        f"{seconds // 60}m{seconds % 60:02d}s"
 
 
 Objectives = Annotated[str | None, typer.Option("--objectives", help="Comma list of val,ood,adv,params,flops.")]

@@ -74,6 +74,10 @@ def test_bench_table_output(run, tmp_path) -> None:
                                 env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
     assert "p50 ms" in result.output and "onnx" in result.output and "CPUExecutionProvider" in result.output
+    # no terminal: a line when it starts, one per artifact measured, one when it ends (a spinner prints nothing)
+    assert "bench: measuring 1 artifact(s) on cpu: started" in result.output
+    assert "bench: measuring 1 artifact(s) on cpu: model.onnx ok 1/1" in result.output
+    assert "bench: measuring 1 artifact(s) on cpu: done in" in result.output
 
 
 def test_broken_artifact_is_a_failed_row_exit_1(run, tmp_path) -> None:

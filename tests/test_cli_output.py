@@ -83,3 +83,44 @@ def test_run_bounds_reach_the_search_and_override_the_file(tmp_path):
     cfg = pipeline_config(f, params_bound=0.15, macs_bound=7.5, latency_bound="40%")
     assert cfg.search == {"epochs": 2, "params_bound": 0.15, "macs_bound": 7.5} and cfg.latency_bound == "40%"
     assert pipeline_config(f).search == {"epochs": 2, "params_bound": 0.5} and pipeline_config(f).latency_bound == "3ms"
+
+
+def test_activity_without_a_terminal_prints_start_tenths_with_an_eta_and_the_end():
+    """The first step (an early ETA), then one line per tenth of the work."""
+    buf = io.StringIO()
+    out = Console(file=buf, width=200, color_system=None)
+    with _output.Activity("lut: measuring", out=out) as activity:
+        for done in range(1, 101):
+            activity.update("time", done, 100)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "lut: measuring: started" and lines[-1].startswith("lut: measuring: done in ")
+    steps = lines[1:-1]
+    assert [s.split(" (")[0] for s in steps] == [f"lut: measuring: time {n}/100" for n in (1, *range(10, 101, 10))]
+    assert all("left)" in s for s in steps[:-1]) and "left" not in steps[-1]
+    quiet = io.StringIO()
+    with _output.Activity("x", out=Console(file=quiet), enabled=False) as activity:
+        activity.update("time", 1, 2)
+    assert quiet.getvalue() == ""
+
+
+def test_run_prints_the_search_and_stage_progress_without_a_terminal(capsys, monkeypatch):
+    from e2rnas.cli import run_cmd, search_cmd
+
+    monkeypatch.setattr(run_cmd, "console", Console(file=io.StringIO(), width=200))  # not a terminal
+    for module in (_output, search_cmd):
+        monkeypatch.setattr(module, "console", run_cmd.console)
+    rec = {"epoch": 0, "epochs": 1, "step": 0, "steps_per_epoch": 2, "gammas": {"val": 0.6, "params": 0.4},
+           "exact_params_m": 0.1, "exact_macs_m": 5.0}
+    with run_cmd.SearchBar() as bar:
+        for step in (1, 2):
+            bar.update(rec | {"step": step})
+    with run_cmd.StageLines() as lines:
+        lines.start("lut", "e2rnas lut --target cpu")
+        for done in (1, 2):
+            lines.progress("time", done, 2)
+        lines.result("lut", None)
+        lines.start("eval", "skipped (outputs complete)")
+    text = run_cmd.console.file.getvalue()
+    assert "search epoch 1/1 step 2/2:" in text and "gamma val 0.60 params 0.40" in text
+    assert "lut: time 1/2 (" in text and "lut: time 2/2 (" in text and "lut: done in " in text
+    assert "eval: done" not in text  # a skipped stage has nothing to time

@@ -31,6 +31,12 @@ def measured(tmp_path_factory):
     path = tmp_path_factory.mktemp("lut") / "lut.json"
     result = CliRunner().invoke(app, ["lut", "--target", "cpu", *CLI_TINY, "--out", str(path), "--json"])
     assert result.exit_code == 0, result.output
+    # no terminal: progress as plain lines on stderr (stdout holds the JSON alone), by tenths, with an ETA
+    progress = result.stderr.splitlines()
+    assert progress[0] == "lut: measuring op latencies: started" and progress[-1].startswith(
+        "lut: measuring op latencies: done in "), progress
+    timed = [line for line in progress if ": time " in line]
+    assert 1 <= len(timed) <= 11 and "left)" in timed[0] and "/" in timed[-1], progress
     return path, json.loads(result.stdout)
 
 

@@ -16,7 +16,7 @@ def test_search_prints_progress_lines_when_piped(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("search epoch")]
     assert [ln.split(":")[0] for ln in lines] == ["search epoch 1/2 step 2/2", "search epoch 2/2 step 2/2"], proc.stdout
-    pattern = (r"search epoch 2/2 step 2/2: \d+\.\d\d s/step, about 0m00s left; gamma val \d\.\d\d ood \d\.\d\d "
+    pattern = (r"search epoch 2/2 step 2/2: \d+\.\d\d s/step, about 0s left; gamma val \d\.\d\d ood \d\.\d\d "
                r"adv \d\.\d\d params \d\.\d\d flops \d\.\d\d; genotype \d\.\d{4} M params, \d+\.\d\d M MACs")
     assert re.fullmatch(pattern, lines[-1]), lines[-1]
     assert "run directory:" in proc.stdout.split("search epoch")[0]  # the header comes first

@@ -101,11 +101,12 @@ class Stage:
 
 
 def plan(cfg: PipelineConfig, run_dir: Path, *, progress: bool = True,
-         on_search_step: Callable[[dict[str, Any]], None] | None = None) -> list[Stage]:
+         on_search_step: Callable[[dict[str, Any]], None] | None = None,
+         on_progress: Callable[[str, int, int], None] | None = None) -> list[Stage]:
     """The stages of one run directory, in order."""
     r = Path(run_dir)
     ctx = S.StageContext(run_dir=r, preset=cfg.preset, target=cfg.target, progress=progress,
-                         on_search_step=on_search_step)
+                         on_search_step=on_search_step, on_progress=on_progress)
     s, t, e, x, b, c = (r / n for n in ("search", "train", "eval", "export", "bench", "check"))
     table = r / "lut" / "lut.json"
     preset = ["--preset", cfg.preset]
@@ -163,7 +164,8 @@ def plan(cfg: PipelineConfig, run_dir: Path, *, progress: bool = True,
 def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str, str], None] | None = None,
                  on_result: Callable[[str, dict[str, Any] | None], None] | None = None, force: bool = False,
                  from_stage: str | None = None, progress: bool = True,
-                 on_search_step: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                 on_search_step: Callable[[dict[str, Any]], None] | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run (or continue) the pipeline; returns and writes ``pipeline.json`` (commands, status, seconds).
 
     Each stage has a fingerprint: its arguments, the contents of the input files it names outside the run
@@ -176,7 +178,7 @@ def run_pipeline(cfg: PipelineConfig, *, run_dir: Path, on_stage: Callable[[str,
 
     run_dir = Path(run_dir)
     record_path = run_dir / "pipeline.json"
-    stages = plan(cfg, run_dir, progress=progress, on_search_step=on_search_step)
+    stages = plan(cfg, run_dir, progress=progress, on_search_step=on_search_step, on_progress=on_progress)
     names = [st.name.split("-")[0] for st in stages]
     if from_stage is not None and from_stage not in names:
         raise E2RNASError(f"--from {from_stage}: not a stage of this run; stages are {', '.join(dict.fromkeys(names))}")

@@ -28,6 +28,7 @@ class StageContext:
     target: str
     progress: bool = True
     on_search_step: Callable[[dict[str, Any]], None] | None = None  # the search's step records, for a live view
+    on_progress: Callable[[str, int, int], None] | None = None  # (what, done, total) of a stage without records
 
     def path(self, *parts: str) -> Path:
         return self.run_dir.joinpath(*parts)
@@ -92,7 +93,7 @@ def lut(ctx: StageContext, options: dict[str, Any], deploy: dict[str, Any]) -> R
                         num_classes=d.get("num_classes", p["deploy_num_classes"]),
                         input_size=d.get("input_size", p["deploy_input_size"]))
     kw = take("lut", options, LUT_OPTIONS)
-    table = measure_latency_table(shape=shape, target=get_target(ctx.target), **kw)
+    table = measure_latency_table(shape=shape, target=get_target(ctx.target), on_progress=ctx.on_progress, **kw)
     table.save(ctx.path("lut", "lut.json"))
     return 0, table.to_dict()
 
