@@ -246,6 +246,8 @@ def search(
         print_json(summary | {"run_dir": str(out_dir)})
         return
     print_search_summary(summary)
+    for note in summary.get("notes", []):
+        console.print(f"note: {note}", highlight=False)
     console.print(f"genotype: {out_dir / 'genotype.json'}  (supernet val accuracy {summary['val_accuracy']:.3f})")
 
 
@@ -260,7 +262,14 @@ def print_search_summary(summary: dict[str, Any]) -> None:
         mark = " (handed on)" if rule == summary["derive"] else ""
         rows.append([f"{rule} rule genotype{mark}", d["params"], d["macs"]] + ([d.get("latency")] if lat else []))
     print_table("Search result", ["", "params (M)", "MACs (M)"] + (["latency (ms)"] if lat else []), rows,
-                caption=f"deploy network: {summary['deploy_shape']}; derivation gap "
+                caption=f"deploy network: {_shape_text(summary['deploy_shape'])}; derivation gap "
                         f"{summary['derivation_gap']:.3f} (summed log strength, darts - {summary['derive']})")
     for w in summary.get("warnings", []):
         console.print(f"[bold yellow]warning:[/] {w}", highlight=False)
+
+
+def _shape_text(shape: dict[str, Any]) -> str:
+    from e2rnas.space.cost import DeployShape
+    from e2rnas.space.latency_table import describe_shape
+
+    return describe_shape(DeployShape(**shape))

@@ -52,3 +52,14 @@ def test_describe_is_one_line_per_network():
     assert text.endswith("reduce [max_pool_3x3 from 0, max_pool_3x3 from 1; skip_connect from 2, max_pool_3x3 from 1; "
                          "max_pool_3x3 from 0, skip_connect from 2; skip_connect from 2, max_pool_3x3 from 1]")
     assert "\n" not in text
+
+
+def test_a_reduce_cell_of_pools_and_skips_is_information_not_a_warning():
+    from e2rnas.search.guards import search_notes, search_warnings
+
+    darts = GENOTYPES["DARTS_V2"]  # its reduce cell: max pools and skips
+    assert len(search_notes(darts)) == 1 and "reduce cell has no parametric op" in search_notes(darts)[0]
+    assert not any("reduce" in w for w in search_warnings(darts))
+    conv = Genotype(normal=darts.normal, normal_concat=darts.normal_concat,
+                    reduce=[("sep_conv_3x3", 0), *darts.reduce[1:]], reduce_concat=darts.reduce_concat)
+    assert search_notes(conv) == []

@@ -20,3 +20,12 @@ def test_search_prints_progress_lines_when_piped(tmp_path):
                r"adv \d\.\d\d params \d\.\d\d flops \d\.\d\d; genotype \d\.\d{4} M params, \d+\.\d\d M MACs")
     assert re.fullmatch(pattern, lines[-1]), lines[-1]
     assert "run directory:" in proc.stdout.split("search epoch")[0]  # the header comes first
+    import json
+
+    from e2rnas.search.guards import search_notes
+    from e2rnas.space.genotypes import Genotype
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["notes"] == search_notes(Genotype.from_dict(summary["genotype"]))
+    assert all(f"note: {n}" in proc.stdout for n in summary["notes"])
+    assert "deploy network: 8 cells C=16 16px 5 classes;" in proc.stdout  # the shape as text, not a dict

@@ -118,7 +118,7 @@ def search(ctx: StageContext, options: dict[str, Any], *, resume: bool, lut_file
 
     cfg, notes = search_config(ctx, options, lut_file=lut_file, latency_bound=latency_bound)
     summary = run_search(cfg, out_dir=ctx.path("search"), resume=resume, on_step=ctx.on_search_step)
-    return 0, summary | {"notes": notes}
+    return 0, summary | {"notes": [*notes, *summary.get("notes", [])]}
 
 
 def train_config(ctx: StageContext, options: dict[str, Any]) -> Any:

@@ -5,6 +5,8 @@
 - *Skip collapse*: >= 3 ``skip_connect`` in the normal cell (DARTS' known failure mode).
 - *Overridden ranking*: a handed-over op sits in the bottom half of its edge (at least half of the edge's other
   candidate ops have a larger softmax weight): the budget rule kept it for its cost, not for what the search learned.
+- *Reduce cell without parametric op* (information, not a warning): DARTS' and the paper's published reduce cells are
+  max pools and skips too; the reduce cell then only downsamples and the capacity sits in the normal cell.
 - *Indecision*: softmax(alpha) still close to uniform. Measure: the mean over all edges of both cell types of the
   normalised entropy H(p) / log(n) of the op weights (over the ops not pruned); > 0.95 means the derived genotype was
   picked from noise-level differences (uniform is 1.0; one op at 0.5 and seven at 1/14 gives 0.80).
@@ -83,3 +85,12 @@ def search_warnings(genotype: Genotype, *, weights: dict[str, torch.Tensor] | No
                        f"{INDECISION_ENTROPY}), so the genotype was picked from noise; search more steps "
                        f"(--epochs, --max-steps-per-epoch) or raise the architecture learning rate (--arch-lr)")
     return out
+
+
+def search_notes(genotype: Genotype) -> list[str]:
+    """Information about a handed-over genotype that is not a fault (the collapse guard applied to the reduce cell)."""
+    reduce_ops = [op for op, _ in genotype.reduce]
+    if reduce_ops and all(op in PARAMETER_FREE_OPS for op in reduce_ops):
+        return ["the reduce cell has no parametric op (only pooling and skips), as in DARTS' and the paper's published "
+                "reduce cells: it downsamples and adds no capacity; the normal cell carries the network"]
+    return []

@@ -46,7 +46,7 @@ from e2rnas.search.derive import (
     derive_budget,
     derive_darts,
 )
-from e2rnas.search.guards import normalized_entropy, search_warnings
+from e2rnas.search.guards import normalized_entropy, search_notes, search_warnings
 from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import COST_FORMS, COST_UNITS, OBJECTIVES, make_objectives
 from e2rnas.space.cost import COST_ESTIMATES, CostModel, DeployShape
@@ -695,7 +695,7 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
         "final_entropy": normalized_entropy(torch.cat(list(run.op_weights().values()))),
         "derive": cfg.derive, "derivations": {k: d.as_dict() for k, d in derivations.items()},
         "derivation_gap": derivations["darts"].strength - handed.strength,
-        "warnings": warnings, "provenance": provenance(gpu=run.device.type == "cuda"),
+        "warnings": warnings, "notes": search_notes(genotype), "provenance": provenance(gpu=run.device.type == "cuda"),
     }
     if run.latency_table is not None:
         with torch.no_grad():
