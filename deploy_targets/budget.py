@@ -326,6 +326,8 @@ def check(run_or_model: str | Path, *, budget: Budget, target: Any, reuse_eval: 
     elif artifact is not None:
         attack_model = loaded.model if "robustness" in metrics else None
         with open_runner(artifact, target=target, threads=threads) as runner, B.torch_threads(threads):
+            # a TensorRT engine: whether its build GPU (UUID) and TensorRT version were compared with this one's
+            notes += [f"engine: {n}" for n in (runner.info().get("identity_notes") or [])]
             if budget.max_latency_ms is not None:
                 if not runner.accepts_batch(budget.latency_batch):
                     raise E2RNASError(f"{artifact.name} cannot run latency_batch {budget.latency_batch} "

@@ -472,3 +472,18 @@ def test_a_table_without_a_batch_is_taken_at_the_checked_batch():
     notes: list[str] = []
     assert _table_latency(search, target="cpu", batch=4, notes=notes) == (3.0, 2.0, 2.5) and notes == []
     assert _table_latency({}, target="cpu", batch=1, notes=notes) == (None, None, None) and notes == []
+
+
+def test_the_runners_engine_identity_notes_reach_the_check(run, monkeypatch):
+    """A TensorRT runner says whether the engine's build GPU and TensorRT version were compared; check repeats it.
+    (TensorRT cannot run here: the ONNX runner stands in, with the notes a TensorRTRunner.info() carries.)"""
+    from e2rnas.deploy_targets.runners import OrtRunner
+
+    said = "TensorRT version not compared: this install has no version metadata (built with 10.8.0.43)"
+    info = OrtRunner.info
+    monkeypatch.setattr(OrtRunner, "info", lambda self: {**info(self), "identity_notes": [said]})
+    result = check(run, budget=Budget(max_latency_ms=1e4), target=CPU, **FAST)
+    assert f"engine: {said}" in result["notes"]
+    monkeypatch.setattr(OrtRunner, "info", info)
+    assert not any(n.startswith("engine:") for n in check(run, budget=Budget(max_latency_ms=1e4), target=CPU,
+                                                          **FAST)["notes"])
