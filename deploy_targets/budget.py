@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,8 @@ def parse_budget(data: Any, *, where: str) -> Budget:
             continue
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise BudgetError(f"{where}: {key} must be a number, got {v!r}")
+        if not math.isfinite(v):  # .inf / .nan in YAML: a limit nothing can fail, or one nothing can pass
+            raise BudgetError(f"{where}: {key} must be a finite number, got {v}; leave the key out for no limit")
         if v < 0:
             raise BudgetError(f"{where}: {key} must be >= 0, got {v}")
         if key in _FRACTION_KEYS and v > 1:

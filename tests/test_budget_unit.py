@@ -82,6 +82,11 @@ def test_boundary_values_parse():
     ({"max_latency_ms": "3"}, "b.yaml: max_latency_ms must be a number, got '3'"),
     ({"min_aupr": False}, "b.yaml: min_aupr must be a number, got False"),
     ({"max_params_m": -0.5}, "b.yaml: max_params_m must be >= 0, got -0.5"),
+    ({"max_latency_ms": float("inf")}, "b.yaml: max_latency_ms must be a finite number, got inf; leave the key out "
+                                       "for no limit"),
+    ({"min_aupr": float("nan")}, "b.yaml: min_aupr must be a finite number, got nan; leave the key out for no limit"),
+    ({"max_params_m": float("-inf")}, "b.yaml: max_params_m must be a finite number, got -inf; leave the key out "
+                                      "for no limit"),
     ({"min_pgd_accuracy": 45}, "b.yaml: min_pgd_accuracy is a fraction in [0, 1], got 45; write 0.45 for 45%"),
     ({"min_accuracy": 1.5}, "b.yaml: min_accuracy is a fraction in [0, 1], got 1.5; write 0.015 for 1.5%"),
     ({"max_latency_ms": 1, "latency_batch": 2.0}, "b.yaml: latency_batch must be a positive integer, got 2.0"),
