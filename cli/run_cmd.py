@@ -62,9 +62,11 @@ def run(
                               force=force, from_stage=from_stage, progress=not json, on_search_step=bar.update,
                               on_progress=lines.progress)
     if json:
-        print_json(record | {"run_dir": str(run_dir)})
+        print_json(record)  # run_dir absolute, as in pipeline.json
     else:
         console.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+        if record.get("verdict"):  # also when the check stage was skipped as complete
+            console.print(record["verdict"], highlight=False, soft_wrap=True)
     if record.get("check_passed") is False:
         raise typer.Exit(1)
 
@@ -235,15 +237,10 @@ def _pct(x: float | None) -> str:
 def report(run_dir: Annotated[Path, typer.Argument(help="A run directory made by `e2rnas run`.")]) -> None:
     """Rebuild report.md and report.html (with PNG plots) from a run directory's files."""
     from e2rnas._outdir import check_dir
-    from e2rnas.errors import E2RNASError
     from e2rnas.run.report import build_report
 
-    # the report writes into the run: refuse (creating nothing) a folder that `e2rnas run` did not make
+    # the report writes into the run: refuse (creating nothing) a folder that `e2rnas run` did not make; build_report
+    # refuses one without results before it creates anything
     check_dir(run_dir, command="run", flag="RUN_DIR")
-    results = ("pipeline.json", "search/summary.json", "eval/eval.json", "bench/bench.json", "check/check.json")
-    if not any((run_dir / name).is_file() for name in results):
-        raise E2RNASError(f"{run_dir} is not a run made by `e2rnas run` (no pipeline.json and no stage results); "
-                          f"give a run directory")
-
     paths = build_report(run_dir)
     console.print(f"wrote {paths['md']} and {paths['html']}")
