@@ -205,7 +205,7 @@ def stages_to_stderr(enabled: bool) -> Iterator[None]:
     if not enabled:
         yield
         return
-    previous = console.file
+    previous = console._file  # None (follow sys.stdout), not the stream of this call: it may be closed after it
     console.file = sys.stderr
     try:
         yield
