@@ -200,9 +200,13 @@ def _run_stages(cfg: PipelineConfig, stages: list[Stage], names: list[str], *, r
     old = _old_fingerprints(record_path)
     from e2rnas._provenance import provenance
 
+    # provenance: of the last invocation that ran a stage (the report rebuilt on a rerun that skips every stage
+    # keeps the command that made the results); last_invocation: this one, and the stages it ran
+    now = provenance()
     record: dict[str, Any] = {"config": dataclasses.asdict(cfg), "stages": [], "e2rnas_version": __version__,
                               "run_dir": str(run_dir.resolve()), "cwd": str(Path.cwd()), "argv": sys.argv,
-                              "provenance": provenance()}
+                              "provenance": _old_record(record_path).get("provenance") or now,
+                              "last_invocation": {"date": now["date"], "command": now["command"], "ran": []}}
     upstream, stale = "", force
     for stage, base in zip(stages, names, strict=True):
         stale = stale or base == from_stage
@@ -222,12 +226,16 @@ def _run_stages(cfg: PipelineConfig, stages: list[Stage], names: list[str], *, r
             if on_stage and changed and not stale:
                 on_stage(stage.name, "settings changed since the last run: running it and the stages after it")
         stale = True  # every stage after one that ran sees new inputs
+        if stage.name != "report":  # the report is rebuilt every time
+            record["provenance"] = now
+            record["last_invocation"]["ran"].append(stage.name)
         resume = stage.resumable()
         if resume:
             entry["command"] += " --resume"
         if on_stage:
             on_stage(stage.name, entry["command"])
         log.info("stage %s: %s", stage.name, entry["command"])
+        atomic_write_json(record_path, _merge_times(record_path, record))  # what the stage (the report) reads
         t0 = time.time()
         try:
             code, result = stage.run(resume)
@@ -252,7 +260,11 @@ def _run_stages(cfg: PipelineConfig, stages: list[Stage], names: list[str], *, r
     if check_json.is_file():  # also when the check stage was skipped as complete: a failed budget stays failed
         import json
 
-        record["check_passed"] = bool(json.loads(check_json.read_text()).get("passed"))
+        from e2rnas.run.report import budget_verdict
+
+        check = json.loads(check_json.read_text())
+        record["check_passed"] = bool(check.get("passed"))
+        record["verdict"] = budget_verdict(check) + f" ({check_json})"
     record["python"] = sys.version.split()[0]
     atomic_write_json(record_path, _merge_times(record_path, record))
     return record
@@ -288,13 +300,19 @@ def _fingerprint(argv: Sequence[str], *, upstream: str, run_dir: Path, version: 
     return h.hexdigest()[:16]
 
 
-def _old_fingerprints(path: Path) -> dict[str, str]:
+def _old_record(path: Path) -> dict[str, Any]:
     import json
 
     try:
-        stages = json.loads(path.read_text()).get("stages", []) if path.is_file() else []
-    except (ValueError, AttributeError):
+        record = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
         return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _old_fingerprints(path: Path) -> dict[str, str]:
+    stages = _old_record(path).get("stages")
+    stages = stages if isinstance(stages, list) else []
     return {s["stage"]: s["fingerprint"] for s in stages if isinstance(s, dict) and s.get("fingerprint")}
 
 

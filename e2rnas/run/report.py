@@ -18,7 +18,7 @@ from typing import Any
 from e2rnas._io import atomic_write_text, read_jsonl
 from e2rnas._provenance import describe, provenance
 from e2rnas.errors import E2RNASError
-from e2rnas.run.report_quality import baseline_section, plot_steering, steering_summary_line
+from e2rnas.run.report_quality import baseline_section, mark_steps, plot_steering, steering_summary_line, warmup_steps
 
 Z95 = 1.959964  # two-sided 95% normal quantile
 
@@ -37,8 +37,68 @@ def _num(x: Any, digits: int = 4) -> str:
     return f"{float(x):.{digits}g}" if isinstance(x, int | float) else str(x)
 
 
+def _duration(seconds: Any) -> str:
+    """``3289.4`` -> ``54 min 49 s``: wall times as a person reads them."""
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    if s < 60:
+        return f"{s:.1f} s"
+    minutes, sec = divmod(round(s), 60)
+    return f"{minutes} min {sec} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min {sec} s"
+
+
+def _as_text(value: Any) -> str:
+    """A value as a person writes it ('digits, digits-ood', 'on'), never a Python repr."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, list | tuple):
+        return ", ".join(_as_text(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_as_text(v)}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def _data_text(evaluation: dict[str, Any]) -> str:
+    """``{'test': 'digits', 'ood': 'svhn'}`` and ``{'test': 512, 'ood': 256}`` -> 'test digits (512 images), OoD
+    svhn (256 images)'."""
+    datasets, samples = evaluation.get("datasets") or {}, evaluation.get("samples") or {}
+    parts = []
+    for key, label in (("test", "test"), ("ood", "OoD")):
+        if datasets.get(key) or samples.get(key):
+            n = f" ({samples[key]} images)" if samples.get(key) else ""
+            parts.append(f"{label} {datasets.get(key) or '-'}{n}")
+    return ", ".join(parts) or "-"
+
+
+def _shape_text(shape: Any) -> str:
+    if not isinstance(shape, dict):
+        return _as_text(shape)
+    from e2rnas.space.cost import DeployShape
+    from e2rnas.space.latency_table import describe_shape
+
+    try:
+        return describe_shape(DeployShape(**shape))
+    except TypeError:  # a summary from another version: its keys as written
+        return _as_text(shape)
+
+
+def _numeric(cell: Any) -> bool:
+    text = str(cell).strip().rstrip("%").strip()
+    try:
+        float(text)
+    except ValueError:
+        return text == "-"
+    return True
+
+
 def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    """A markdown table; columns of numbers are right-aligned, text columns left."""
+    right = [bool(rows) and all(_numeric(r[i]) for r in rows) and not all(str(r[i]) == "-" for r in rows)
+             for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "".join("---:|" if r else "---|" for r in right)]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -55,7 +115,8 @@ def _plt():
 
 def search_figure(metrics: list[dict[str, Any]], summary: dict[str, Any] | None = None) -> Any:
     """Objectives and gamma weights over the search (top); the softmax estimate of params, MACs (and latency)
-    against the bounds L, F (and T) below; dotted vertical lines where an epoch begins. None without steps."""
+    against the bounds L, F (and T) below. Steps are counted from the search's first (``mark_steps``: the warm-up
+    shaded, epochs marked). None without bi-level steps."""
     all_steps = [m for m in metrics if m.get("type") == "step"]
     steps = [(i, m) for i, m in enumerate(all_steps, 1) if m.get("objectives")]  # warm-up steps have none
     if not steps:
@@ -75,20 +136,18 @@ def search_figure(metrics: list[dict[str, Any]], summary: dict[str, Any] | None 
     for name in steps[0][1]["objectives"]:
         ax1.plot(x, [s["objectives"][name] for _, s in steps], label=name)
         ax2.plot(x, [s["gammas"][name] for _, s in steps], label=name)
-    ax1.set(title="Objective values", xlabel="step", yscale="log")
-    ax2.set(title="MGDA weights (gamma)", xlabel="step", ylim=(0, 1))
+    ax1.set(title="Objective values", xlabel="step (from the search's first)", yscale="log")
+    ax2.set(title="MGDA weights (gamma)", xlabel="step (from the search's first)", ylim=(0, 1))
     for ax, (key, what, bound_key, letter) in zip(cost_axes, costs, strict=True):
-        pts = [(i, s[key]) for i, s in enumerate(all_steps, 1) if s.get(key) is not None]
+        pts = [(i, s[key]) for i, s in enumerate(all_steps, 1) if s.get(key) is not None and s[key] == s[key]]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label="softmax estimate")
         if summary.get(bound_key) is not None:
             ax.axhline(summary[bound_key], color="tab:red", ls="--", gid=f"bound-{letter}",
                        label=f"{letter} = {_num(summary[bound_key])}")
-        ax.set(title=f"{what} vs bound {letter}", xlabel="step")
-    epochs = [m.get("epoch") for m in all_steps]
-    starts = [i for i in range(2, len(epochs) + 1) if epochs[i - 1] != epochs[i - 2]]
+        ax.set(title=f"{what} vs bound {letter}", xlabel="step (from the search's first)")
+    epochs, warm = [m.get("epoch") for m in all_steps], warmup_steps(all_steps)
     for ax in (ax1, ax2, *cost_axes):
-        for i in starts:
-            ax.axvline(i - 0.5, color="gray", ls=":", lw=0.8, gid="epoch")
+        mark_steps(ax, epochs, warm)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
@@ -133,31 +192,64 @@ def plot_cells(genotype: dict[str, Any], path: Path) -> str:
     return draw_cells(genotype, path)
 
 
-def plot_latency(bench: dict[str, Any], path: Path) -> bool:
+def latency_figure(bench: dict[str, Any]) -> Any:
+    """p50 and p95 per artifact, one panel per batch size, on a log scale (torch eager can be 100x slower than
+    ONNX Runtime, which a linear scale would flatten to nothing), each bar labelled with its value. None without
+    latencies."""
     rows = [r for r in bench.get("rows", []) if r.get("latency")]
-    if not rows:
-        return False
+    batches = sorted({int(b) for r in rows for b, v in r["latency"].items() if (v or {}).get("p50_ms")})
+    if not batches:
+        return None
     plt = _plt()
-    batches = sorted({int(b) for r in rows for b in r["latency"]})
-    fig, axes = plt.subplots(1, len(batches), figsize=(5 * len(batches), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(batches), figsize=(5.5 * len(batches), 3.8), squeeze=False)
     for ax, b in zip(axes[0], batches, strict=True):
         names = [f"{r['format']}\n{Path(r['artifact']).name}" for r in rows]
-        p50 = [r["latency"].get(str(b), {}).get("p50_ms", 0) for r in rows]
-        p95 = [r["latency"].get(str(b), {}).get("p95_ms", 0) for r in rows]
         xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], p50, width=0.4, label="p50")
-        ax.bar([x + 0.2 for x in xs], p95, width=0.4, label="p95")
+        for shift, stat in ((-0.2, "p50_ms"), (0.2, "p95_ms")):
+            values = [(r["latency"].get(str(b)) or {}).get(stat) for r in rows]
+            bars = ax.bar([x + shift for x in xs], [v or float("nan") for v in values], width=0.4,
+                          label=stat.split("_")[0])
+            ax.bar_label(bars, labels=[_num(v, 3) if v else "" for v in values], fontsize=7, padding=2)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, fontsize=7)
-        ax.set(title=f"latency, batch {b} ({bench.get('target', {}).get('name', '?')})", ylabel="ms")
+        ax.set_yscale("log")
+        ax.margins(y=0.25)
+        ax.set(title=f"latency, batch {b} ({bench.get('target', {}).get('name', '?')})", ylabel="ms (log scale)")
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def cells_text(genotype: dict[str, Any]) -> str:
+    """The genotype in the drawing's names, as a block of text below the picture."""
+    from e2rnas.run.cell_graph import KINDS, cell_text
+
+    return "\n".join(["```", *[f"{kind} cell:\n  " + "\n  ".join(cell_text(genotype, kind)) for kind in KINDS],
+                      "```", ""])
+
+
+def plot_latency(bench: dict[str, Any], path: Path) -> bool:
+    fig = latency_figure(bench)
+    if fig is None:
+        return False
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _plt().close(fig)
     return True
 
 
 # -- tables --------------------------------------------------------------------------------------------------------
+def budget_verdict(check: dict[str, Any], *, code: bool = False) -> str:
+    """The pass/fail line, the same in the report's heading and after every `e2rnas run` (also one whose stages
+    were all complete)."""
+    target = check.get("target", {}).get("name", "?")
+    lines = check.get("lines", [])
+    failed = [ln.get("what", ln.get("key")) for ln in lines if ln.get("passed") is False]
+    verdict = "all budget lines pass" if check.get("passed") else (
+        f"the budget is NOT met ({len(failed)} of {len(lines)} lines fail: {', '.join(map(str, failed))})"
+        if failed else "the budget is NOT met")
+    return f"Budget check on {f'`{target}`' if code else target}: {verdict}"
+
+
 def check_table(check: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     header = ["budget line", "limit", "search bound", "softmax estimate", "exact (genotype)", "measured", "margin",
               "result"]
@@ -308,8 +400,12 @@ def provenance_section(pipeline: dict[str, Any] | None, summary: dict[str, Any] 
         note = f"recorded by the {source}" + (" stage" if source != "run" else "")
     else:
         source, head, note = "report", provenance(gpu=False), "of this report (no stage recorded its own)"
-    md = ["## Provenance", "", f"Provenance {note}.", "", _md_table(["", ""], [[k, f"`{v}`" if k == "command" else v]
-                                                                             for k, v in describe(head)]), ""]
+    md = ["## Provenance", "", f"Provenance {note}.", "",
+          *[f"- **{k}**: " + (f"`{v}`" if k == "command" else str(v)) for k, v in describe(head)], ""]
+    last = (pipeline or {}).get("last_invocation") or {}
+    if last and not last.get("ran") and last.get("command") != head.get("command"):
+        md += [f"Last invoked on {last.get('date')} as `{last.get('command')}`: every stage was already complete, "
+               "so nothing above changed; the report was rebuilt from the files.", ""]
     if len(recorded) > 1:
         md += [_md_table(["stage", "date (UTC)", "e2rnas", "git SHA", "command"], [
             [name, p.get("date"), p.get("e2rnas"), (p.get("git_sha") or "-")[:12], f"`{p.get('command')}`"]
@@ -323,7 +419,6 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     if not run.is_dir():
         raise E2RNASError(f"run directory not found: {run}")
     search_dir, fig_dir = run / "search", run / "report"
-    fig_dir.mkdir(exist_ok=True)
     summary = _load(search_dir / "summary.json")
     evaluation = _load(run / "eval" / "eval.json")
     bench = _load(run / "bench" / "bench.json")
@@ -331,10 +426,12 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     pipeline = _load(run / "pipeline.json")
     train_summary = _load(run / "train" / "summary.json")
     if not any((summary, evaluation, bench, check)):
-        raise E2RNASError(f"{run} holds no search/, eval/, bench/ or check/ results to report on (run `e2rnas run`)")
+        raise E2RNASError(f"{run} is not a run made by `e2rnas run` (no search/, eval/, bench/ or check/ results to "
+                          "report on); give a run directory")
+    fig_dir.mkdir(exist_ok=True)  # only once there is something to report: a wrong folder is left as it was
     genotype = (summary or {}).get("genotype") or (train_summary or {}).get("genotype")
     model_path = Path((train_summary or {}).get("model") or run / "train" / "model.pt")
-    plots: list[tuple[str, str]] = []
+    plots: list[tuple[str, ...]] = []  # (title, file[, text shown below it])
     search_metrics = read_jsonl(search_dir / "metrics.jsonl")
     if plot_search(search_metrics, fig_dir / "search.png", summary):
         plots.append(("Objectives, MGDA weights and costs against the bounds over the search", "report/search.png"))
@@ -344,14 +441,13 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     if plot_alphas(read_jsonl(search_dir / "alphas.jsonl"), fig_dir / "alphas.png"):
         plots.append(("Architecture weights (softmax of alpha) per cell type", "report/alphas.png"))
     if genotype and (drawn := plot_cells(genotype, fig_dir / "cells.png")):
-        plots.append((f"The searched cells (drawn by {drawn})", "report/cells.png"))
+        plots.append((f"The searched cells (drawn by {drawn})", "report/cells.png", cells_text(genotype)))
     if bench and plot_latency(bench, fig_dir / "latency.png"):
         plots.append(("Latency per format and batch size", "report/latency.png"))
 
     md: list[str] = [f"# E2RNAS run report: `{run.name}`", "", *provenance_section(pipeline, summary, train_summary)]
     if check:
-        verdict = "all budget lines pass" if check.get("passed") else "the budget is NOT met"
-        md += [f"## Budget check on `{check.get('target', {}).get('name', '?')}`: {verdict}", "",
+        md += [f"## {budget_verdict(check, code=True)}", "",
                _md_table(*check_table(check)), "",
                f"Pass/fail: each measured value against the limit of `{check.get('budget_file', 'the budget file')}`."
                " The search bounds (L, F, T) are shown for comparison and never decide; T was built from p50 "
@@ -360,17 +456,17 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     if evaluation:
         proto = evaluation.get("protocol", {})
         md += [f"PGD: L-inf eps {_num(proto.get('eps'))}, {proto.get('steps')} steps, pixel space [0, 1]; OoD AUPR "
-               f"with OoD as the positive class (score -MSP); data {evaluation.get('datasets', {})}, samples "
-               f"{evaluation.get('samples', {})}. Params exclude the auxiliary head; MACs counted with "
-               f"FlopCounterMode (FLOPs = 2 x MACs). Accuracy of exported artifacts is re-measured on the artifact; "
-               f"their PGD examples are transferred from the torch model.", ""]
+               f"with OoD as the positive class (score -MSP); data: {_data_text(evaluation)}. Params exclude the "
+               "auxiliary head; MACs counted with FlopCounterMode (FLOPs = 2 x MACs). Accuracy of exported artifacts "
+               "is re-measured on the artifact; their PGD examples are transferred from the torch model.", ""]
     warnings = report_warnings(summary, check, bench, evaluation=evaluation, pipeline=pipeline)
     if warnings:
         md += ["## Warnings", "", *[f"- {w}" for w in warnings], ""]
     if summary:
         md += ["## Search", "", _md_table(*search_table(summary, check)), "",
-               f"Deploy network: {summary.get('deploy_shape')}; objectives {summary.get('objectives')}, "
-               f"weighting {summary.get('weighting')}, method {summary.get('method')}; genotype rule handed on: "
+               f"Deploy network: {_shape_text(summary.get('deploy_shape'))}; objectives "
+               f"{_as_text(summary.get('objectives'))}, weighting {summary.get('weighting')}, method "
+               f"{summary.get('method')}; genotype rule handed on: "
                f"**{summary.get('derive', 'darts')}** (derivation gap {_num(summary.get('derivation_gap'))} in "
                f"summed log strength; docs/derivation.md).", ""]
         if summary.get("genotype_text"):
@@ -379,11 +475,11 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
         if line := steering_summary_line(search_metrics):
             md += [f"What steered the architecture: {line} (docs/cost-forms.md).", ""]
     md += baseline_section(_load(run / "baseline" / "baseline.json"))
-    for title, rel in plots:
-        md += [f"### {title}", "", f"![{title}]({rel})", ""]
+    for title, rel, *text in plots:
+        md += [f"### {title}", "", f"![{title}]({rel})", "", *text]
     if pipeline:
-        md += ["## Commands", "", _md_table(["stage", "status", "seconds", "command"], [
-            [s["stage"], s.get("status", ""), _num(s.get("seconds"), 3), f"`{s['command']}`"]
+        md += ["## Commands", "", _md_table(["stage", "status", "time", "command"], [
+            [s["stage"], s.get("status", ""), _duration(s.get("seconds")), f"`{s['command']}`"]
             for s in pipeline.get("stages", [])]), ""]
     env = (bench or check or {}).get("environment")
     if env:
@@ -394,12 +490,24 @@ def build_report(run_dir: str | Path) -> dict[str, Path]:
     return {"md": run / "report.md", "html": run / "report.html"}
 
 
+def _code_words(renderer: Any, tokens: Any, idx: int, options: Any, env: Any) -> str:
+    """Inline code with each space-separated word unbreakable: a command wraps between its words, never inside a
+    flag (``--out``) or a path (a browser would break after any hyphen)."""
+    from markdown_it.common.utils import escapeHtml
+
+    words = tokens[idx].content.split(" ")
+    if len(words) == 1:
+        return f"<code>{escapeHtml(tokens[idx].content)}</code>"
+    return "<code>" + " ".join(f'<span class="w">{escapeHtml(w)}</span>' for w in words) + "</code>"
+
+
 def _html(markdown: str, run: Path) -> str:
     """``markdown`` rendered by markdown-it-py (CommonMark and tables, raw HTML escaped), PNGs inlined so that the
     page is self-contained."""
     from markdown_it import MarkdownIt
 
     md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("code_inline", _code_words)
     tokens = md.parse(markdown)
     for token in tokens:
         for child in token.children or []:
@@ -409,6 +517,7 @@ def _html(markdown: str, run: Path) -> str:
                 child.attrSet("src", f"data:image/png;base64,{data}")
     body = md.renderer.render(tokens, md.options, {})
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}img{max-width:100%}")
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}img{max-width:100%}"
+             "code .w{white-space:nowrap}pre{background:#f6f6f6;padding:6px}")
     return f"<!doctype html><html><head><meta charset='utf-8'><title>E2RNAS report</title><style>{style}</style>" \
            f"</head><body>{body}</body></html>\n"
