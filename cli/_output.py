@@ -90,8 +90,9 @@ class Activity:
         self.out = out or console
         self.plain = not self.out.is_terminal if plain is None else plain
         self._status: Any = None
-        self._t0 = 0.0
+        self._t0 = self._phase_t0 = 0.0
         self._tenth = -1
+        self._phase: str | None = None
 
     def __enter__(self) -> Activity:
         self._t0 = time.monotonic()
@@ -114,11 +115,13 @@ class Activity:
             return
         if not self.plain or done is None or not total:
             return
+        if what != self._phase:  # a new phase (lut: export, then time) counts its own tenths and ETA
+            self._phase, self._tenth, self._phase_t0 = what, -1, time.monotonic()
         tenth = min(10, 10 * done // total)
         if tenth <= self._tenth:
             return
         self._tenth = tenth
-        spent = time.monotonic() - self._t0
+        spent = time.monotonic() - self._phase_t0
         eta = f", about {duration(spent * (total - done) / done)} left" if 0 < done < total else ""
         self.out.print(f"{self.label}: {what}{count} ({duration(spent)}{eta})", highlight=False, soft_wrap=True)
 

@@ -97,6 +97,13 @@ def test_activity_without_a_terminal_prints_start_tenths_with_an_eta_and_the_end
     steps = lines[1:-1]
     assert [s.split(" (")[0] for s in steps] == [f"lut: measuring: time {n}/100" for n in (1, *range(10, 101, 10))]
     assert all("left)" in s for s in steps[:-1]) and "left" not in steps[-1]
+    phases = io.StringIO()
+    with _output.Activity("lut", out=Console(file=phases, width=200, color_system=None)) as activity:
+        for what in ("export", "time"):  # each phase counts its own tenths
+            for done in range(1, 21):
+                activity.update(what, done, 20)
+    counted = [line.split(" (")[0] for line in phases.getvalue().splitlines()[1:-1]]
+    assert counted == [f"lut: {what} {n}/20" for what in ("export", "time") for n in (1, *range(2, 21, 2))]
     quiet = io.StringIO()
     with _output.Activity("x", out=Console(file=quiet), enabled=False) as activity:
         activity.update("time", 1, 2)
