@@ -313,3 +313,17 @@ def test_a_rerun_that_skips_every_stage_keeps_the_commands_and_the_verdict(passe
 
     as_json = CliRunner().invoke(app, ["run", "--out", "run", "--skip", "lut", "--json"])
     assert json.loads(as_json.stdout)["run_dir"] == str((tmp_path / "run").resolve())
+
+
+def test_the_verdict_counts_only_the_lines_that_decide():
+    from e2rnas.run.report import budget_verdict
+
+    check = {"target": {"name": "cpu"}, "passed": False, "lines": [
+        {"key": "max_latency_ms", "what": "latency p90 ms, batch 1", "passed": False, "decides": True},
+        {"key": "search_latency_bound_ms", "what": "latency p50 ms, batch 1 (the search's statistic)",
+         "passed": False, "decides": False},
+        {"key": "max_params_m", "what": "params (M)", "passed": True}]}
+    assert budget_verdict(check) == ("Budget check on cpu: the budget is NOT met (1 of 2 lines fail: latency p90 ms, "
+                                     "batch 1)")
+    check["lines"][0]["passed"], check["passed"] = True, True
+    assert budget_verdict(check) == "Budget check on cpu: all budget lines pass"

@@ -242,7 +242,7 @@ def budget_verdict(check: dict[str, Any], *, code: bool = False) -> str:
     """The pass/fail line, the same in the report's heading and after every `e2rnas run` (also one whose stages
     were all complete)."""
     target = check.get("target", {}).get("name", "?")
-    lines = check.get("lines", [])
+    lines = [ln for ln in check.get("lines", []) if ln.get("decides", True)]  # info rows (T) never decide
     failed = [ln.get("what", ln.get("key")) for ln in lines if ln.get("passed") is False]
     verdict = "all budget lines pass" if check.get("passed") else (
         f"the budget is NOT met ({len(failed)} of {len(lines)} lines fail: {', '.join(map(str, failed))})"
