@@ -327,3 +327,16 @@ def test_the_verdict_counts_only_the_lines_that_decide():
                                      "batch 1)")
     check["lines"][0]["passed"], check["passed"] = True, True
     assert budget_verdict(check) == "Budget check on cpu: all budget lines pass"
+
+
+def test_the_search_table_compares_t_with_the_measured_p50_not_the_budgets_percentile():
+    from e2rnas.run.report import search_table
+
+    summary = {"params_bound_m": 0.2, "flops_bound_m": 9.0, "latency_bound_ms": 1.13, "expected_params_m": 0.19,
+               "expected_macs_m": 8.5, "expected_latency_ms": 0.89, "exact_params_m": 0.2, "exact_macs_m": 8.9}
+    check = {"target": {"name": "cpu"}, "latency": {"p50_ms": 1.46, "p90_ms": 5.55},
+             "lines": [{"key": "max_params_m", "measured": 0.2}, {"key": "max_macs_m", "measured": 8.93},
+                       {"key": "max_latency_ms", "measured": 5.55}]}
+    header, rows = search_table(summary, check)
+    assert header[-1] == "latency (ms)"
+    assert rows[-1][0] == "measured on cpu (latency p50)" and rows[-1][-1] == "1.46"

@@ -283,8 +283,10 @@ def search_table(summary: dict[str, Any], check: dict[str, Any] | None) -> tuple
                      _num(summary["exact_macs_m"])] + (["-"] if lat else []))
     measured = {ln.get("key"): ln.get("measured") for ln in (check or {}).get("lines", [])}
     if check:
-        rows.append([f"measured on {check.get('target', {}).get('name', '?')}", _num(measured.get("max_params_m")),
-                     _num(measured.get("max_macs_m"))] + ([_num(measured.get("max_latency_ms"))] if lat else []))
+        p50 = (check.get("latency") or {}).get("p50_ms")  # T and the estimates are p50s: the same statistic here
+        rows.append([f"measured on {check.get('target', {}).get('name', '?')}" + (" (latency p50)" if lat else ""),
+                     _num(measured.get("max_params_m")), _num(measured.get("max_macs_m"))]
+                    + ([_num(p50)] if lat else []))
     return header, rows
 
 
