@@ -209,7 +209,8 @@ def latency_figure(bench: dict[str, Any]) -> Any:
             values = [(r["latency"].get(str(b)) or {}).get(stat) for r in rows]
             bars = ax.bar([x + shift for x in xs], [v or float("nan") for v in values], width=0.4,
                           label=stat.split("_")[0])
-            ax.bar_label(bars, labels=[_num(v, 3) if v else "" for v in values], fontsize=7, padding=2)
+            ax.bar_label(bars, labels=[(f"{v:.3g}" if v < 1000 else f"{v:.0f}") if v else "" for v in values],
+                         fontsize=7, padding=2)  # 3248, not 3.25e+03
         ax.set_xticks(list(xs))
         ax.set_xticklabels(names, fontsize=7)
         ax.set_yscale("log")
