@@ -192,3 +192,14 @@ def test_cutout_transform_fills_a_clipped_square_with_the_mean():
     assert torch.allclose(out[:, hole], torch.tensor([[0.1], [0.2], [0.3]]).expand(3, int(hole.sum())))
     x = train_transform(pad=2, flip=True, cutout=0, fill=(0.5, 0.5, 0.5))(torch.full((3, 8, 8), 255, dtype=torch.uint8))
     assert x.dtype == torch.float32 and x.shape == (3, 8, 8) and x.max() == 1.0 and x.min() >= 0.0
+
+
+def test_console_and_metrics_count_epochs_alike(tmp_path):
+    """The console's 'epoch k/N' lines and metrics.jsonl's records both count from 1 (it once printed 11/10)."""
+    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", "train", "DARTS_V2", "--epochs", "2", "--layers", "3",
+                           "--channels", "4", "--batch-size", "32", "--out", str(tmp_path / "t")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    printed = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("epoch ")]  # progress: stderr
+    recorded = [json.loads(x)["epoch"] for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    assert printed == ["1/2", "2/2"] and recorded == [1, 2], proc.stderr

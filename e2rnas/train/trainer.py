@@ -273,7 +273,7 @@ class _Progress:
         if self.enabled:
             val = "-" if rec["val_acc"] is None else f"{rec['val_acc']:.4f}"
             self.bar.console.print(
-                f"epoch {rec['epoch'] + 1}/{self.epochs} loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} "
+                f"epoch {rec['epoch']}/{self.epochs} loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f} "
                 f"val {val} lr {rec['lr']:.3g} dp {rec['drop_path']:.3f} {rec['time_s']:.1f}s"
                 + (" best" if rec["best"] else ""),
                 highlight=False)
