@@ -325,6 +325,9 @@ def test_the_verdict_counts_only_the_lines_that_decide():
         {"key": "max_params_m", "what": "params (M)", "passed": True}]}
     assert budget_verdict(check) == ("Budget check on cpu: the budget is NOT met (1 of 2 lines fail: latency p90 ms, "
                                      "batch 1)")
+    check["lines"][2]["passed"] = False  # names hold commas: failed lines are joined with '; '
+    assert budget_verdict(check).endswith("(2 of 2 lines fail: latency p90 ms, batch 1; params (M))")
+    check["lines"][2]["passed"] = True
     check["lines"][0]["passed"], check["passed"] = True, True
     assert budget_verdict(check) == "Budget check on cpu: all budget lines pass"
 

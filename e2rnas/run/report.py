@@ -246,7 +246,7 @@ def budget_verdict(check: dict[str, Any], *, code: bool = False) -> str:
     lines = [ln for ln in check.get("lines", []) if ln.get("decides", True)]  # info rows (T) never decide
     failed = [ln.get("what", ln.get("key")) for ln in lines if ln.get("passed") is False]
     verdict = "all budget lines pass" if check.get("passed") else (
-        f"the budget is NOT met ({len(failed)} of {len(lines)} lines fail: {', '.join(map(str, failed))})"
+        f"the budget is NOT met ({len(failed)} of {len(lines)} lines fail: {'; '.join(map(str, failed))})"
         if failed else "the budget is NOT met")
     return f"Budget check on {f'`{target}`' if code else target}: {verdict}"
 
