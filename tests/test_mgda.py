@@ -246,3 +246,48 @@ def test_only_mgda_has_degenerate_objectives(spec):
     G, losses = torch.zeros(3, 2), torch.zeros(3)
     flags = Weighting(spec, "loss").degenerate(G, losses)
     assert flags.dtype == torch.bool and flags.tolist() == [False, False, False]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_sync_free_solver_matches_frank_wolfe(seed):
+    """Random instances, K = 1..6, P above and below K (degenerate hulls included): the same min-norm point, and
+    the same gamma where it is unique."""
+    from e2rnas.search.mgda import min_norm_weights_sync_free
+
+    gen = torch.Generator().manual_seed(seed)
+    K = 1 + seed % 6
+    P = (3, 20, 200)[seed % 3]
+    grads = torch.randn(K, P, generator=gen, dtype=torch.float64) * torch.rand(K, 1, generator=gen,
+                                                                                 dtype=torch.float64) * 10
+    ref = min_norm_weights(grads, max_iter=100_000, tol=1e-15)
+    got = min_norm_weights_sync_free(grads)
+    assert got.shape == (K,) and got.dtype == grads.dtype and bool((got >= 0).all())
+    assert float(got.sum()) == pytest.approx(1.0, abs=1e-12)
+    scale = float((grads.norm(dim=1) ** 2).max())
+    assert float((got @ grads).norm() ** 2) == pytest.approx(float((ref @ grads).norm() ** 2), abs=1e-9 * scale)
+    if K <= P:  # affinely independent gradients: gamma is unique
+        assert torch.allclose(got, ref, atol=1e-6), (got, ref)
+
+
+def test_sync_free_solver_needs_no_values_on_the_host():
+    """On the meta device a tensor has no data, so any .item(), float() or data-dependent branch would raise:
+    the solver runs there, which is what lets it sit inside a CUDA graph."""
+    from e2rnas.search.mgda import min_norm_weights_sync_free
+
+    out = min_norm_weights_sync_free(torch.empty(5, 64, device="meta"))
+    assert out.device.type == "meta" and out.shape == (5,)
+    with pytest.raises(Exception):  # noqa: B017 - the reference solver does read values on the host
+        min_norm_weights(torch.empty(5, 64, device="meta"))
+
+
+def test_sync_free_solver_degenerate_cases():
+    from e2rnas.search.mgda import min_norm_weights_sync_free
+
+    assert torch.equal(min_norm_weights_sync_free(torch.zeros(3, 4)), torch.full((3,), 1 / 3))
+    same = torch.ones(4, 8)
+    assert float(min_norm_weights_sync_free(same).sum()) == pytest.approx(1.0)
+    opposed = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])  # 0 is in the hull: the min norm is 0
+    got = min_norm_weights_sync_free(opposed)
+    assert float((got @ opposed).norm()) == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="too many"):
+        min_norm_weights_sync_free(torch.randn(11, 3))

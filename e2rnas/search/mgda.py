@@ -82,6 +82,44 @@ def min_norm_weights(grads: torch.Tensor, *, max_iter: int = 1000, tol: float = 
     return gamma.to(grads.dtype)
 
 
+def min_norm_weights_sync_free(grads: torch.Tensor, *, feasibility_tol: float = 1e-9) -> torch.Tensor:
+    """The same min-norm weights as ``min_norm_weights``, computed without a host synchronisation (issue 26).
+
+    For small K (the <= 6 objectives of E2RNAS) the optimum is the KKT point of one support S of the simplex:
+    gamma_S solves [M_SS 1; 1^T 0] [gamma_S; -lambda] = [0; 1] and gamma is 0 off S. All 2^K - 1 supports are solved
+    at once (one batched pseudo-inverse, so degenerate supports do not raise), the feasible ones (gamma >= 0, summing
+    to 1) kept, and the one of least |gamma^T G|^2 taken: no ``.item()``, no data-dependent Python branch, a fixed
+    amount of work, so it can sit inside a CUDA graph. ``min_norm_weights`` (Frank-Wolfe) stays the reference.
+    """
+    if grads.ndim != 2 or grads.shape[0] == 0:
+        raise ValueError(f"grads must be (K, P) with K >= 1, got {tuple(grads.shape)}")
+    K = grads.shape[0]
+    if K > 10:
+        raise ValueError(f"the sync-free solver enumerates 2^K - 1 supports; K = {K} is too many (use "
+                         "min_norm_weights)")
+    G = grads.detach().to(torch.float64)
+    M = G @ G.T
+    scale = M.diagonal().max()
+    M = M / torch.where(scale > 0, scale, torch.ones_like(scale))
+    masks = torch.tensor([[(s >> k) & 1 for k in range(K)] for s in range(1, 2 ** K)], dtype=torch.float64,
+                         device=M.device)  # (S, K): which objectives are free in each support
+    n = masks.shape[0]
+    A = torch.zeros(n, K + 1, K + 1, dtype=torch.float64, device=M.device)
+    on = masks[:, :, None] * masks[:, None, :]
+    A[:, :K, :K] = on * M + torch.diag_embed(1 - masks)  # off the support: gamma_k = 0
+    A[:, :K, K] = masks
+    A[:, K, :K] = masks
+    rhs = torch.zeros(n, K + 1, 1, dtype=torch.float64, device=M.device)
+    rhs[:, K, 0] = 1.0
+    gamma = (torch.linalg.pinv(A) @ rhs)[:, :K, 0] * masks
+    objective = torch.einsum("sk,kl,sl->s", gamma, M, gamma)
+    feasible = (gamma >= -feasibility_tol).all(dim=1) & ((gamma.sum(dim=1) - 1).abs() <= 1e-6)
+    best = torch.argmin(torch.where(feasible, objective, torch.full_like(objective, float("inf"))))
+    out = gamma.index_select(0, best.reshape(1))[0].clamp_min(0.0)  # indexing by a 0-d tensor would read it
+    out = torch.where(scale > 0, out / out.sum(), torch.full_like(out, 1.0 / K))  # all-zero gradients: uniform
+    return out.to(grads.dtype)
+
+
 def normalizers(grads: torch.Tensor, losses: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-objective divisors (K,): ``none`` 1; ``l2`` |g_k|; ``loss`` L_k; ``loss+l2`` L_k |g_k|."""
     if mode not in NORMALIZATIONS:
