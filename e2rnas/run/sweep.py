@@ -118,7 +118,10 @@ def run_sweep(points: Sequence[SweepPoint], *, out_dir: Path, base: dict[str, An
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, **({} if address else {"num_cpus": num_cpus, "include_dashboard": False}),
+        # Without --address: address="local" starts a new local instance even when another one (a previous sweep's,
+        # still shutting down, or a user's `ray start`) is running; None would attach to it (ray.init's docs, rule 4)
+        ray.init(address=address or "local",
+                 **({} if address else {"num_cpus": num_cpus, "include_dashboard": False}),
                  log_to_driver=False, configure_logging=False)
     try:
         if gpus_per_trial is None:
