@@ -111,6 +111,16 @@ def test_genotype_ms_from_the_file_entries(table, measured) -> None:
     assert table.genotype_ms(g) == pytest.approx(total, rel=1e-12)
 
 
+def _edges():
+    """(keep weight 2 / in-degree, (C, stride, input size)) of every edge of every cell of the tiny network."""
+    for slot in CostModel(TINY).slots:
+        for node in range(STEPS):
+            for inp in range(2 + node):
+                stride = 2 if slot.reduction and inp < 2 else 1
+                size = math.ceil(slot.size_in / 2) if slot.reduction and inp >= 2 else slot.size_in
+                yield 2 / (2 + node), (slot.C, stride, size)
+
+
 def test_expected_ms_is_differentiable_and_uniform_alpha_is_the_keep_weighted_mean(table) -> None:
     a_n = torch.zeros(14, len(PRIMITIVES), requires_grad=True)
     a_r = torch.zeros(14, len(PRIMITIVES), requires_grad=True)
@@ -118,26 +128,13 @@ def test_expected_ms_is_differentiable_and_uniform_alpha_is_the_keep_weighted_me
     t.backward()
     assert t.dim() == 0 and a_n.grad is not None and a_n.grad.abs().sum() > 0 and a_r.grad.abs().sum() > 0
     ops = [op for op in PRIMITIVES if op != "none"]
-    by_hand = table.fixed_ms
-    for slot in CostModel(TINY).slots:
-        for node in range(STEPS):
-            for inp in range(2 + node):
-                stride = 2 if slot.reduction and inp < 2 else 1
-                size = math.ceil(slot.size_in / 2) if slot.reduction and inp >= 2 else slot.size_in
-                mean = sum(table.op_ms(op, slot.C, stride, size) for op in ops) / len(ops)
-                by_hand += 2 / (2 + node) * mean
+    by_hand = table.fixed_ms + sum(w * sum(table.op_ms(op, *geo) for op in ops) / len(ops) for w, geo in _edges())
     assert float(t.detach()) == pytest.approx(by_hand, rel=1e-5)
     # alpha peaked on one op gives that op on every edge, kept-edge weighted
     # (compared with its own by-hand sum, not with the uniform value: which is larger depends on the measured times)
     peaked = torch.full((14, len(PRIMITIVES)), -30.0, dtype=torch.float64)
     peaked[:, PRIMITIVES.index("max_pool_3x3")] = 30.0
-    pool = table.fixed_ms
-    for slot in CostModel(TINY).slots:
-        for node in range(STEPS):
-            for inp in range(2 + node):
-                stride = 2 if slot.reduction and inp < 2 else 1
-                size = math.ceil(slot.size_in / 2) if slot.reduction and inp >= 2 else slot.size_in
-                pool += 2 / (2 + node) * table.op_ms("max_pool_3x3", slot.C, stride, size)
+    pool = table.fixed_ms + sum(w * table.op_ms("max_pool_3x3", *geo) for w, geo in _edges())
     assert float(table.expected_ms(peaked, peaked)) == pytest.approx(pool, rel=1e-6)
     assert pool != pytest.approx(by_hand, rel=1e-3)  # the peaked value is not the uniform one
 
