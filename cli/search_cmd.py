@@ -190,6 +190,10 @@ def search(
     amp: Annotated[str | None, typer.Option("--amp", help="Precision on CUDA: off (fp32, TF32 off), auto (TF32), "
                                             "tf32, or bf16 (autocast; the second-order finite differences stay "
                                             "fp32); recorded in config.yaml (docs/amp.md).")] = None,
+    cuda_graphs: Annotated[str | None, typer.Option(
+        "--cuda-graphs", metavar="auto|on|off",
+        help="Capture the bi-level step in a CUDA graph: auto (on for CUDA when nothing blocks capture; a line says "
+             "what does), on, off. Speed only: the step is the same (docs/cuda-graphs.md).")] = None,
     out: opt.Out = None,
     resume: opt.Resume = False,
     print_config: opt.PrintConfig = False,
@@ -220,6 +224,7 @@ def search(
         search_augment=search_augment, search_cutout=search_cutout, fgsm_start=fgsm_start,
         ll_ood=ll_ood, ll_adv=ll_adv, layers=layers, C=channels, epochs=epochs, batch_size=batch_size,
         max_steps_per_epoch=max_steps, seed=seed, device=opt.resolve_device(device) if device else None, amp=amp,
+        cuda_graphs=cuda_graphs,
         derive=derive, params_floor=params_floor,
         **latency_bound_fields(latency_bound, "--latency-bound"), lut=str(lut) if lut else None, a_lr=arch_lr,
         max_normal_skips=max_normal_skips, warmup_epochs=warmup_epochs, max_normal_free_ops=max_normal_free_ops))
@@ -246,7 +251,7 @@ def search(
         print_json(summary | {"run_dir": str(out_dir)})
         return
     print_search_summary(summary)
-    for note in summary.get("notes", []):
+    for note in summary.get("notes", []) + summary.get("cuda_graphs", {}).get("notes", []):
         console.print(f"note: {note}", highlight=False)
     console.print(f"genotype: {out_dir / 'genotype.json'}  (supernet val accuracy {summary['val_accuracy']:.3f})")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from _search_helpers import synthetic_table
 from torch.func import functional_call
 
 from e2rnas.search.bilevel import BilevelStep, DivergenceError, StepBatch
@@ -33,19 +34,7 @@ def cost_model() -> CostModel:
 
 
 def _table() -> LatencyTable:
-    """A synthetic latency table for SHAPE: every op's ms is a distinct function of (op, C, stride, size)."""
-    cost = CostModel(SHAPE, PRIMS)
-    ops = {}
-    for slot in cost.slots:
-        for source in range(5):
-            stride, size = slot.edge_geometry(source)
-            for k, op in enumerate(PRIMS):
-                ops[(op, slot.C, stride, size)] = 0.01 * (k + 1) + 1e-3 * slot.C + 0.1 * stride + 1e-4 * size
-    key = {"target": "cpu", "runtime": "synthetic", "precision": "fp32", "batch": 1, "threads": 1,
-           "deploy_shape": {"layers": SHAPE.layers, "C": SHAPE.C, "num_classes": SHAPE.num_classes,
-                            "input_size": SHAPE.input_size, "variant": SHAPE.variant},
-           "primitives": list(PRIMS)}
-    return LatencyTable(key=key, fixed_ms=0.5, ops=ops)
+    return synthetic_table(SHAPE, PRIMS)
 
 
 def _model(seed: int = 0, partial_channels: int = 1):

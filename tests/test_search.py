@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,9 +147,12 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         run_search(cfg, out_dir=tmp_path / "cut", on_step=interrupt)
     ckpt = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["step_in_epoch"] == 1
-    resumed = run_search(cfg, out_dir=tmp_path / "cut", resume=True)
+    # --cuda-graphs is speed, not the search: another value resumes (it is not captured on the CPU either way)
+    resumed = run_search(dataclasses.replace(cfg, cuda_graphs="off"), out_dir=tmp_path / "cut", resume=True)
     assert resumed["genotype"] == full["genotype"]
     assert _alphas(tmp_path / "cut") == _alphas(tmp_path / "full")
+    assert full["cuda_graphs"] == {"setting": "auto", "captured": False, "captures": 0, "replays": 0, "notes": []}
+    assert resumed["cuda_graphs"]["setting"] == "off"
     for name in ("genotype.json", "summary.json", "config.yaml", "metrics.jsonl"):
         assert (tmp_path / "cut" / name).is_file()
     with pytest.raises(Exception, match="already holds a search"):

@@ -62,6 +62,9 @@ def fgsm_clean(model: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, s
 
 
 def _uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None) -> torch.Tensor:
-    """U(-eps, eps) noise shaped as ``x``, from ``generator`` (on the CPU) or torch's global stream."""
-    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype) if generator is not None else torch.rand_like(x)
+    """U(-eps, eps) noise shaped as ``x``, from ``generator`` (drawn on its device, then moved to ``x``'s) or torch's
+    global stream. A generator on ``x``'s GPU draws there: a CPU draw copied to the GPU waits for it (issue 26)."""
+    if generator is None:
+        return (torch.rand_like(x) * 2 - 1) * eps
+    noise = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=generator.device)
     return (noise.to(x.device) * 2 - 1) * eps

@@ -58,6 +58,23 @@ class StepResult:
     diagnostics: dict = field(default_factory=dict)  # e2rnas.search.diagnostics.step_diagnostics
 
 
+@dataclass
+class PendingRecord:
+    """A step's record as tensors on the step's device, read on the host by ``BilevelStep.record``."""
+
+    names: list[str]
+    lower: torch.Tensor
+    losses: torch.Tensor
+    gamma: torch.Tensor
+    eff: torch.Tensor
+    degenerate: torch.Tensor
+    G: torch.Tensor
+    combined: torch.Tensor
+    params_m: torch.Tensor | None
+    macs_m: torch.Tensor | None
+    latency_ms: torch.Tensor | None
+
+
 HVP_SCHEMES = ("central", "forward")
 #: where the upper level's FGSM takes its gradient: "random" at the random start (fast FGSM, the paper's [21]);
 #: "clean" at the clean input, from the val objective's own backward (the authors' code; one pass fewer)
@@ -76,8 +93,15 @@ class BilevelStep:
                  latency_bound_ms: float | None = None,
                  reduce: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None,
                  autocast: Callable[[], AbstractContextManager] | None = None, fgsm_start: str = "random",
-                 params_lower_m: float | None = None):
+                 params_lower_m: float | None = None, sync_free: bool = False):
         self.model = model
+        # sync_free (issue 26): nothing is read on the host between the first forward and the alpha update; the
+        # finite check and the step record are read once after it (``docs/bilevel-step.md``)
+        self.sync_free = sync_free
+        # the finite-difference passes replay the lower-level pass's random stream (stochastic ops draw the same
+        # masks); a CUDA graph turns it off, having refused stochastic ops (reading a CUDA random state there is
+        # illegal)
+        self.replay_rng = True
         if fgsm_start not in FGSM_STARTS:
             raise ValueError(f"unknown FGSM start {fgsm_start!r}; choose from {', '.join(FGSM_STARTS)}")
         self.fgsm_start = fgsm_start
@@ -166,7 +190,7 @@ class BilevelStep:
         return out
 
     def _hvp(self, v: list[torch.Tensor], batch: StepBatch, x_train_adv: torch.Tensor | None,
-             alpha_grad_t: list[torch.Tensor], rng: tuple) -> list[torch.Tensor]:
+             alpha_grad_t: list[torch.Tensor], rng: tuple | None) -> list[torch.Tensor]:
         """grad_alpha grad_theta L_lower . v by finite differences along v (DARTS' eq. 8, r = hvp_eps / |v|).
 
         ``central``: [g(theta + r v) - g(theta - r v)] / 2r, two lower-level passes (DARTS, the authors' code).
@@ -176,7 +200,10 @@ class BilevelStep:
         ops (P-DARTS' skip dropout) draw the same masks and the difference sees only the change of theta.
         """
         norm = torch.sqrt(sum((t * t).sum() for t in v))
-        if float(norm) == 0.0:
+        if self.sync_free:  # v = 0 gives theta +- 0 v = theta: an exact 0 below, whatever r, with no host read
+            nonzero = norm > 0
+            norm = torch.where(nonzero, norm, torch.ones_like(norm))
+        elif float(norm) == 0.0:
             return [torch.zeros_like(a) for a in self.alphas]
         r = self.hvp_eps / norm
         central = self.hvp == "central"
@@ -186,18 +213,27 @@ class BilevelStep:
         grads = []
         for sign in signs:
             theta = [p.detach() + sign * r * t for p, t in zip(self.weights, v, strict=True)]
-            with _replay_rng(rng, self.alphas[0].device):
+            with _replay_rng(rng, self.alphas[0].device) if rng is not None else nullcontext():
                 grads.append(self._lower_grads(self._forward(theta), batch, x_train_adv, self.alphas,
                                                autocast=False)[1])
         if central:
-            return [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
-        base = grads[1] if len(grads) == 2 else alpha_grad_t
-        return [(gp - g0) / r for gp, g0 in zip(grads[0], base, strict=True)]
+            out = [(gp - gm) / (2 * r) for gp, gm in zip(*grads, strict=True)]
+        else:
+            base = grads[1] if len(grads) == 2 else alpha_grad_t
+            out = [(gp - g0) / r for gp, g0 in zip(grads[0], base, strict=True)]
+        return [torch.where(nonzero, h, torch.zeros_like(h)) for h in out] if self.sync_free else out
 
     # -- the step ----------------------------------------------------------------------------------------------
     def gradients(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None
                   ) -> tuple[list[torch.Tensor], torch.Tensor, StepResult]:
         """(weight gradient of eq. 8, combined alpha gradient of eq. 10 (flat), step record); changes nothing."""
+        g, combined, pending = self.pending_gradients(batch, lr=lr, generator=generator)
+        return g, combined, self.record(pending)
+
+    def pending_gradients(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None
+                          ) -> tuple[list[torch.Tensor], torch.Tensor, PendingRecord]:
+        """``gradients`` with the step record left as tensors (``record`` reads them): with ``sync_free``, nothing in
+        here reads a value on the host."""
         model = self.model
         model.train()
         x_train_adv = None
@@ -205,12 +241,13 @@ class BilevelStep:
             x_train_adv = fgsm(self._amp(model), batch.x_train, batch.y_train, eps=self.eps,
                                step_size=self.fgsm_step * self.eps, generator=generator)
         second_order = not self.first_order
-        rng = _rng_snapshot(self.alphas[0].device)
+        rng = _rng_snapshot(self.alphas[0].device) if self.replay_rng else None
         # the forward scheme reuses g(theta)'s alpha part, unless autocast made it (then _hvp takes it in fp32)
         reuse_g0 = second_order and self.hvp == "forward" and self._autocast is nullcontext
         wrt = self.weights + (self.alphas if reuse_g0 else [])
         lower, grads = self._lower_grads(model, batch, x_train_adv, wrt)
-        _check_finite({"lower": lower})
+        if not self.sync_free:
+            _check_finite({"lower": lower})
         g, alpha_grad_t = grads[:len(self.weights)], grads[len(self.weights):]
 
         theta = self._unrolled(g, lr) if second_order else None
@@ -251,11 +288,15 @@ class BilevelStep:
                     batch.x_val, x_grad, eps=self.eps, step_size=self.fgsm_step * self.eps, generator=generator))
             alpha_grads.append(torch.cat([t.reshape(-1) for t in grads[:len(self.alphas)]]))
             theta_grads.append(grads[len(self.alphas):] if obj.uses_weights else None)
-        _check_finite(dict(zip(names, losses, strict=True)))
+        if not self.sync_free:
+            _check_finite(dict(zip(names, losses, strict=True)))
 
         G, loss_vec = self._reduce([torch.stack(alpha_grads), torch.stack(losses)])
-        gamma, eff = self.weighting.weights(G, loss_vec, names)
-        dropped = [n for n, bad in zip(names, self.weighting.degenerate(G, loss_vec), strict=True) if bad]
+        if self.sync_free:
+            gamma, eff, degenerate = self.weighting.weights_on_device(G, loss_vec, names)
+        else:
+            gamma, eff = self.weighting.weights(G, loss_vec, names)
+            degenerate = self.weighting.degenerate(G, loss_vec)
         eff = eff.to(device=G.device, dtype=G.dtype)
         combined = (eff[:, None] * G).sum(0)
         if second_order and any(t is not None for t in theta_grads):
@@ -267,19 +308,31 @@ class BilevelStep:
             v = self._reduce(v)  # the same direction on every process (gamma is already the same)
             implicit = torch.cat([h.reshape(-1) for h in self._hvp(v, batch, x_train_adv, alpha_grad_t, rng)])
             combined = combined - lr * implicit
-        diagnostics = step_diagnostics(G, eff, combined, names)
+        # a copy of the applied gradient: the alpha step's clipping scales .grad, a view of it, in place
+        pending = PendingRecord(names=names, lower=lower.detach(), losses=loss_vec.detach(), gamma=gamma, eff=eff,
+                                degenerate=degenerate, G=G.detach(), combined=combined.detach().clone(),
+                                params_m=None if params_m is None else params_m.detach(),
+                                macs_m=None if macs_m is None else macs_m.detach(),
+                                latency_ms=None if latency_ms is None else latency_ms.detach())
+        return g, combined, pending
 
-        result = StepResult(
-            lower_loss=float(lower.detach()),
-            losses={n: float(v) for n, v in zip(names, loss_vec, strict=True)},
-            gammas={n: float(v) for n, v in zip(names, gamma, strict=True)},
-            effective={n: float(v) for n, v in zip(names, eff, strict=True)},
-            params_m=float(params_m.detach()) if params_m is not None else float("nan"),
-            macs_m=float(macs_m.detach()) if macs_m is not None else float("nan"),
-            latency_ms=float(latency_ms.detach()) if latency_ms is not None else None,
-            dropped=dropped, diagnostics=diagnostics,
+    def record(self, pending: PendingRecord) -> StepResult:
+        """The step record: every value read on the host here, once; a NaN/Inf raises ``DivergenceError`` (with
+        ``sync_free`` this is the step's finite check, after its update: the checkpoint on disk is the last good)."""
+        names = pending.names
+        if self.sync_free:
+            _check_finite({"lower": pending.lower, **dict(zip(names, pending.losses, strict=True))})
+        return StepResult(
+            lower_loss=float(pending.lower),
+            losses={n: float(v) for n, v in zip(names, pending.losses, strict=True)},
+            gammas={n: float(v) for n, v in zip(names, pending.gamma, strict=True)},
+            effective={n: float(v) for n, v in zip(names, pending.eff, strict=True)},
+            params_m=float(pending.params_m) if pending.params_m is not None else float("nan"),
+            macs_m=float(pending.macs_m) if pending.macs_m is not None else float("nan"),
+            latency_ms=float(pending.latency_ms) if pending.latency_ms is not None else None,
+            dropped=[n for n, bad in zip(names, pending.degenerate.tolist(), strict=True) if bad],
+            diagnostics=step_diagnostics(pending.G, pending.eff, pending.combined, names),
         )
-        return g, combined, result
 
     def _fgsm_val(self, forward, batch: StepBatch, generator: torch.Generator | None) -> torch.Tensor:
         """The FGSM example of the validation batch at ``forward``'s weights, in its own pass."""
@@ -309,7 +362,12 @@ class BilevelStep:
 
     def step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None) -> StepResult:
         """Compute both gradients at (theta_t, alpha_t), then apply the SGD weight step and the Adam alpha step."""
-        g, combined, result = self.gradients(batch, lr=lr, generator=generator)
+        return self.record(self.pending_step(batch, lr=lr, generator=generator))
+
+    def pending_step(self, batch: StepBatch, *, lr: float, generator: torch.Generator | None = None
+                     ) -> PendingRecord:
+        """``step`` with its record left as tensors (what a CUDA graph captures); ``record`` reads it."""
+        g, combined, pending = self.pending_gradients(batch, lr=lr, generator=generator)
         self._apply_weight_step(g)
         offset = 0
         for a in self.alphas:
@@ -320,7 +378,7 @@ class BilevelStep:
         self.a_optimizer.step()
         self.w_optimizer.zero_grad(set_to_none=True)
         self.a_optimizer.zero_grad(set_to_none=True)
-        return result
+        return pending
 
 
 def _rng_snapshot(device: torch.device) -> tuple:

@@ -8,6 +8,7 @@ cap. K = 1 and K = 2 use the closed form.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -79,17 +80,59 @@ def min_norm_weights(grads: torch.Tensor, *, max_iter: int = 1000, tol: float = 
         step = step_max if curvature <= 0 else min(step_max, float(-(grad @ d)) / curvature)
         gamma = (gamma + step * d).clamp_min(0.0)
         gamma /= gamma.sum()
-    return gamma.to(grads.dtype)
+    else:
+        return gamma.to(grads.dtype)  # the iteration cap: Frank-Wolfe's own iterate
+    return _polish(M, gamma).to(grads.dtype)
 
 
-def min_norm_weights_sync_free(grads: torch.Tensor, *, feasibility_tol: float = 1e-9) -> torch.Tensor:
+def _polish(M: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Converged Frank-Wolfe has found the optimum's support; the KKT system on that support gives the optimum to
+    machine precision (Frank-Wolfe's gamma is certified only to the square root of its gap). Kept only if feasible
+    and no worse."""
+    support = (gamma > 0).to(M.dtype)[None]
+    exact, solved = _kkt_weights(M, support)
+    exact = exact[0]
+    if not bool(solved[0]) or bool((exact < 0).any()) or abs(float(exact.sum()) - 1) > 1e-9:
+        return gamma
+    return exact if float(exact @ M @ exact) <= float(gamma @ M @ gamma) + 1e-15 else gamma
+
+
+@functools.lru_cache(maxsize=32)
+def _supports(K: int, device: torch.device) -> torch.Tensor:
+    """(2^K - 1, K) float64: row s marks the objectives in support s. Cached per device: made once, before any
+    CUDA-graph capture (a tensor built from host data inside a capture is an illegal copy)."""
+    return torch.tensor([[(s >> k) & 1 for k in range(K)] for s in range(1, 2 ** K)], dtype=torch.float64,
+                        device=device)
+
+
+def _kkt_weights(M: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each support (rows of ``masks``), gamma solving [M_SS 1; 1^T 0] [gamma_S; -lambda] = [0; 1] (0 off S),
+    and whether that system had a solution (``linalg.solve_ex``: no error check, so no host read)."""
+    K = M.shape[0]
+    n = masks.shape[0]
+    A = torch.zeros(n, K + 1, K + 1, dtype=M.dtype, device=M.device)
+    on = masks[:, :, None] * masks[:, None, :]
+    A[:, :K, :K] = on * M + torch.diag_embed(1 - masks)  # off the support: gamma_k = 0
+    A[:, :K, K] = masks
+    A[:, K, :K] = masks
+    rhs = torch.zeros(n, K + 1, 1, dtype=M.dtype, device=M.device)
+    rhs[:, K, 0] = 1.0
+    solution, info = torch.linalg.solve_ex(A, rhs)
+    gamma = solution[:, :K, 0] * masks
+    return gamma, (info == 0) & torch.isfinite(gamma).all(dim=1)
+
+
+def min_norm_weights_sync_free(grads: torch.Tensor, *, live: torch.Tensor | None = None,
+                               feasibility_tol: float = 1e-9) -> torch.Tensor:
     """The same min-norm weights as ``min_norm_weights``, computed without a host synchronisation (issue 26).
 
     For small K (the <= 6 objectives of E2RNAS) the optimum is the KKT point of one support S of the simplex:
     gamma_S solves [M_SS 1; 1^T 0] [gamma_S; -lambda] = [0; 1] and gamma is 0 off S. All 2^K - 1 supports are solved
-    at once (one batched pseudo-inverse, so degenerate supports do not raise), the feasible ones (gamma >= 0, summing
-    to 1) kept, and the one of least |gamma^T G|^2 taken: no ``.item()``, no data-dependent Python branch, a fixed
-    amount of work, so it can sit inside a CUDA graph. ``min_norm_weights`` (Frank-Wolfe) stays the reference.
+    at once (one batched ``solve_ex``; a singular support is marked unsolved, never raised), the feasible ones
+    (gamma >= 0, summing to 1) kept, and the one of least |gamma^T G|^2 taken: no ``.item()``, no data-dependent
+    Python branch, a fixed amount of work, so it can sit inside a CUDA graph. ``live`` (K,) bool: only supports
+    within it count, the others get 0 (all 0 when none is live), as ``Weighting`` drops a degenerate objective.
+    ``min_norm_weights`` (Frank-Wolfe) stays the reference.
     """
     if grads.ndim != 2 or grads.shape[0] == 0:
         raise ValueError(f"grads must be (K, P) with K >= 1, got {tuple(grads.shape)}")
@@ -98,25 +141,22 @@ def min_norm_weights_sync_free(grads: torch.Tensor, *, feasibility_tol: float = 
         raise ValueError(f"the sync-free solver enumerates 2^K - 1 supports; K = {K} is too many (use "
                          "min_norm_weights)")
     G = grads.detach().to(torch.float64)
+    if live is not None:
+        G = G * live.to(G)[:, None]
     M = G @ G.T
     scale = M.diagonal().max()
     M = M / torch.where(scale > 0, scale, torch.ones_like(scale))
-    masks = torch.tensor([[(s >> k) & 1 for k in range(K)] for s in range(1, 2 ** K)], dtype=torch.float64,
-                         device=M.device)  # (S, K): which objectives are free in each support
-    n = masks.shape[0]
-    A = torch.zeros(n, K + 1, K + 1, dtype=torch.float64, device=M.device)
-    on = masks[:, :, None] * masks[:, None, :]
-    A[:, :K, :K] = on * M + torch.diag_embed(1 - masks)  # off the support: gamma_k = 0
-    A[:, :K, K] = masks
-    A[:, K, :K] = masks
-    rhs = torch.zeros(n, K + 1, 1, dtype=torch.float64, device=M.device)
-    rhs[:, K, 0] = 1.0
-    gamma = (torch.linalg.pinv(A) @ rhs)[:, :K, 0] * masks
+    masks = _supports(K, M.device)
+    gamma, solved = _kkt_weights(M, masks)
     objective = torch.einsum("sk,kl,sl->s", gamma, M, gamma)
-    feasible = (gamma >= -feasibility_tol).all(dim=1) & ((gamma.sum(dim=1) - 1).abs() <= 1e-6)
+    feasible = solved & (gamma >= -feasibility_tol).all(dim=1) & ((gamma.sum(dim=1) - 1).abs() <= 1e-6)
+    if live is not None:  # a support with a dead objective in it is not a candidate
+        feasible = feasible & ((masks * (~live).to(masks)).sum(dim=1) == 0)
     best = torch.argmin(torch.where(feasible, objective, torch.full_like(objective, float("inf"))))
     out = gamma.index_select(0, best.reshape(1))[0].clamp_min(0.0)  # indexing by a 0-d tensor would read it
     out = torch.where(scale > 0, out / out.sum(), torch.full_like(out, 1.0 / K))  # all-zero gradients: uniform
+    if live is not None:
+        out = torch.where(live.any(), out, torch.zeros_like(out))
     return out.to(grads.dtype)
 
 
@@ -192,6 +232,35 @@ class Weighting:
             gamma[live] = min_norm_weights(grads[live] / n[live, None], max_iter=self.max_iter)
         return gamma, (gamma if self.update == "paper" else gamma / n)
 
+    def weights_on_device(self, grads: torch.Tensor, losses: torch.Tensor, names: Sequence[str]
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gamma, effective, degenerate) as ``weights`` and ``degenerate`` give them, computed where ``grads`` lie
+        with no host read (the sync-free step, issue 26): MGDA by ``min_norm_weights_sync_free``, which agrees with
+        the Frank-Wolfe reference to its precision."""
+        grads, losses = grads.detach(), losses.detach()
+        K = grads.shape[0]
+        kind = self.spec.split(":", 1)[0]
+        if kind != "mgda":
+            if kind == "equal":
+                gamma = torch.full((K,), 1.0 / K, dtype=grads.dtype, device=grads.device)
+            else:
+                values = self.fixed_weights()
+                if len(values) != K:
+                    raise ValueError(f"fixed weighting has {len(values)} weights for {K} objectives "
+                                     f"({', '.join(names)})")
+                gamma = _constant(tuple(w / sum(values) for w in values), grads.device, grads.dtype)
+            return gamma, gamma, torch.zeros(K, dtype=torch.bool, device=grads.device)
+        bad = self._degenerate(grads, losses)
+        n = normalizers(grads, losses, self.normalization).to(grads.dtype)
+        gamma = min_norm_weights_sync_free(grads / n[:, None], live=~bad)
+        return gamma, (gamma if self.update == "paper" else gamma / n), bad
+
+    def _degenerate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        bad = grads.norm(dim=1) <= DEGENERATE
+        if "loss" in self.normalization:
+            bad = bad | (losses.abs().to(bad.device) <= DEGENERATE)
+        return bad
+
     def degenerate(self, grads: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         """(K,) bool: objectives whose MGDA normaliser is ~0 (a flat gradient, or a zero loss under ``loss``).
 
@@ -200,7 +269,10 @@ class Weighting:
         grads, losses = grads.detach().cpu(), losses.detach().cpu()
         if self.spec.split(":", 1)[0] != "mgda":
             return torch.zeros(grads.shape[0], dtype=torch.bool)
-        bad = grads.detach().norm(dim=1) <= DEGENERATE
-        if "loss" in self.normalization:
-            bad |= losses.detach().abs().to(bad.device) <= DEGENERATE
-        return bad
+        return self._degenerate(grads, losses)
+
+
+@functools.lru_cache(maxsize=32)
+def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant tensor on ``device``, made once (not a host-to-device copy per step, nor inside a capture)."""
+    return torch.tensor(values, dtype=torch.float64).to(device=device, dtype=dtype)

@@ -46,6 +46,7 @@ from e2rnas.search.derive import (
     derive_budget,
     derive_darts,
 )
+from e2rnas.search.graphs import CUDA_GRAPHS, GraphedStep, capture_blockers
 from e2rnas.search.guards import normalized_entropy, search_notes, search_warnings
 from e2rnas.search.mgda import Weighting
 from e2rnas.search.objectives import COST_FORMS, COST_UNITS, OBJECTIVES, make_objectives
@@ -122,6 +123,9 @@ class SearchConfig:
     device: str = "cpu"
     # precision on CUDA: off | auto (tf32) | tf32 | bf16 (autocast; the finite-difference passes stay fp32)
     amp: str = "off"
+    # capture the bi-level step in a CUDA graph: auto = on for CUDA when nothing blocks it (e2rnas.search.graphs);
+    # changes the speed, not the step (docs/cuda-graphs.md), so a run may resume with another value
+    cuda_graphs: str = "auto"
     max_steps_per_epoch: int | None = None
     val_batches: int = 4
     # P-DARTS (method p-darts): cells per stage, non-none ops kept per edge when a stage starts, skip dropout,
@@ -191,6 +195,8 @@ class SearchConfig:
                              "do not use: use --amp bf16 or tf32 (docs/amp.md)")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {', '.join(m for m in AMP_MODES if m != 'fp16')}, got {self.amp!r}")
+        if self.cuda_graphs not in CUDA_GRAPHS:
+            raise ValueError(f"unknown cuda_graphs {self.cuda_graphs!r}; choose from {', '.join(CUDA_GRAPHS)}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ValueError(f"max_steps_per_epoch must be >= 1 (or unset for whole epochs), got "
                              f"{self.max_steps_per_epoch}")
@@ -317,7 +323,11 @@ class SearchRun:
         self.stage_epochs = stage_epochs(cfg)
         self.build_stage(0)
         self.data_gen = torch.Generator().manual_seed(cfg.seed)  # batch order; state kept at epoch start
-        self.attack_gen = torch.Generator().manual_seed(cfg.seed + 1)  # FGSM random starts
+        # FGSM random starts, drawn where the step runs: a CPU draw copied to a GPU is a host synchronisation
+        self.attack_gen = torch.Generator(device=self.device if self.device.type == "cuda" else "cpu")
+        self.attack_gen.manual_seed(cfg.seed + 1)
+        self.graph_notes: list[str] = []  # why the step is not captured (--cuda-graphs), said once per stage
+        self.build_graphed_step()
         self.epoch = 0  # epochs completed
         self.step_in_epoch = 0  # steps completed in the current epoch (non-zero only after an interrupt)
         self.epoch_start_data_state = self.data_gen.get_state()
@@ -336,8 +346,9 @@ class SearchRun:
             self.model.set_skip_dropout(skip_dropout(cfg, stage, 0, self.stage_epochs[stage]))
         self.w_opt = torch.optim.SGD(self.model.weight_parameters(), lr=cfg.w_lr, momentum=cfg.w_momentum,
                                      weight_decay=cfg.w_weight_decay)
+        # capturable: Adam's step count lives on the device, so a CUDA graph's replays advance it
         self.a_opt = torch.optim.Adam(self.model.arch_parameters(), lr=cfg.a_lr, betas=(cfg.a_beta1, cfg.a_beta2),
-                                      weight_decay=cfg.a_weight_decay)
+                                      weight_decay=cfg.a_weight_decay, capturable=self.device.type == "cuda")
         self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.w_opt, T_max=self.stage_epochs[stage],
                                                                 eta_min=cfg.w_lr_min)
         self.step_fn = BilevelStep(
@@ -351,7 +362,27 @@ class SearchRun:
             latency_table=self.latency_table, latency_bound_ms=self.latency_bound_ms,
             reduce=functools.partial(mean_all_reduce, info=self.dist) if self.dist.active else None,
             autocast=self.precision.autocast if cfg.amp == "bf16" else None, fgsm_start=cfg.fgsm_start,
-            params_lower_m=cfg.params_floor * cfg.params_bound if cfg.params_floor else None)
+            params_lower_m=cfg.params_floor * cfg.params_bound if cfg.params_floor else None,
+            sync_free=self.device.type != "cpu")
+        if hasattr(self, "attack_gen"):  # a later P-DARTS stage: a new supernet, so a new graph
+            self.build_graphed_step()
+
+    def build_graphed_step(self) -> None:
+        """The step as the loop runs it: captured in a CUDA graph where ``cuda_graphs`` and the step allow."""
+        blockers = [] if self.cfg.cuda_graphs == "off" else capture_blockers(
+            self.step_fn, device=self.device, distributed=self.dist.active)
+        if self.cfg.cuda_graphs != "off" and self.cfg.method == "p-darts" and any(self.cfg.pdarts_skip_dropout):
+            blockers.append("P-DARTS skip dropout changes every epoch and is random in the step")
+        enabled = self.cfg.cuda_graphs != "off" and not blockers
+        if blockers and (self.cfg.cuda_graphs == "on" or self.device.type == "cuda"):
+            self._graph_note(f"CUDA graphs off: {'; '.join(blockers)}")
+        self.graphed = GraphedStep(self.step_fn, generator=self.attack_gen, enabled=enabled,
+                                   on_fallback=self._graph_note)
+
+    def _graph_note(self, line: str) -> None:
+        if line not in self.graph_notes:
+            self.graph_notes.append(line)
+            log.warning("%s", line)
 
     def next_stage_if_due(self) -> bool:
         """P-DARTS: after a stage's last epoch, keep each edge's strongest ops and grow the network."""
@@ -373,7 +404,8 @@ class SearchRun:
         Cached until an alpha changes (in-place optimiser steps bump a tensor's version): warm-up steps, the step
         record, the epoch record and the summary then solve the integer program once per alpha update."""
         m = self.model
-        key = (self.stage, id(m), m.mask_normal._version, m.mask_reduce._version,
+        # a CUDA graph's replay updates the alphas without bumping their version counters: its count is in the key
+        key = (self.stage, id(m), m.mask_normal._version, m.mask_reduce._version, self.graphed.replays,
                *(a._version for a in m.arch_parameters()))
         if getattr(self, "_derived", (None,))[0] == key:
             return self._derived[1]
@@ -429,8 +461,10 @@ class SearchRun:
                               f"folder, or start a new --out")
         # checkpoints from before these settings searched in fp32 with fast FGSM
         saved = {"amp": "off", "fgsm_start": "random"} | dict(blob["config"])
-        if saved != self.cfg.as_dict():
-            changed = sorted(k for k in saved if saved[k] != self.cfg.as_dict().get(k))
+        saved.pop("cuda_graphs", None)  # the speed, not the search: any value resumes
+        now = {k: v for k, v in self.cfg.as_dict().items() if k != "cuda_graphs"}
+        if saved != now:
+            changed = sorted(k for k in saved if saved[k] != now.get(k))
             raise E2RNASError(f"cannot resume: settings differ from the checkpoint's ({', '.join(changed)}); "
                               f"use the same settings or a new --out")
         if int(blob.get("world_size", 1)) != self.dist.world_size:
@@ -444,6 +478,10 @@ class SearchRun:
         self.sched.load_state_dict(blob["sched"])
         self.epoch, self.step_in_epoch = int(blob["epoch"]), int(blob["step_in_epoch"])
         self.epoch_start_data_state = blob["epoch_start_data_state"]
+        if blob["attack_gen"].numel() != self.attack_gen.get_state().numel():  # written on another device type
+            raise E2RNASError(f"cannot resume: {self.checkpoint_path} was written by a search on a "
+                              f"{'CUDA' if self.attack_gen.device.type == 'cpu' else 'CPU'} device; resume it on "
+                              f"that kind of device (--device)")
         self.attack_gen.set_state(blob["attack_gen"])
         torch.set_rng_state(blob["torch_rng"])
 
@@ -465,10 +503,18 @@ class SearchRun:
                 x_tr, x_val = augment(x_tr, **aug), augment(x_val, **aug)
             if k < self.step_in_epoch:
                 continue
-            to, part = self.device, functools.partial(shard, info=self.dist)  # this process's slice of the batch
-            yield StepBatch(part(x_tr).to(to), part(y_tr).to(to), part(x_val).to(to), part(y_val).to(to),
-                            None if x_ood_lower is None else part(x_ood_lower).to(to),
-                            None if x_ood_upper is None else part(x_ood_upper).to(to))
+            to = self._to_device
+            yield StepBatch(to(x_tr), to(y_tr), to(x_val), to(y_val), to(x_ood_lower), to(x_ood_upper))
+
+    def _to_device(self, t: torch.Tensor | None) -> torch.Tensor | None:
+        """This process's slice of a batch tensor on the search device; to a GPU pinned and asynchronous (a pageable
+        copy waits for the GPU to finish the previous step)."""
+        if t is None:
+            return None
+        t = shard(t, info=self.dist)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
     def steps_per_epoch(self) -> int:
         n = len(self.data.train) // self.cfg.batch_size or 1
@@ -620,7 +666,7 @@ def _run(run: SearchRun, config: SearchConfig, out_dir: Path, *, resume: bool, o
                 if warm:
                     res = run.step_fn.weight_step(batch, generator=run.attack_gen)
                 else:
-                    res = run.step_fn.step(batch, lr=lr, generator=run.attack_gen)
+                    res = run.graphed.step(batch, lr=lr)
                 after = torch.cat([a.detach().flatten() for a in run.model.arch_parameters()])
                 run.step_in_epoch += 1
                 rec = _step_record(run, res, run.step_in_epoch, float((after - before).norm()))
@@ -705,6 +751,9 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
                     "table_latency_ms": float(run.latency_table.genotype_ms(genotype)),
                     "lut": str(Path(cfg.lut).resolve()), "lut_key": run.latency_table.key}
     summary["world_size"] = run.dist.world_size
+    summary["cuda_graphs"] = {"setting": cfg.cuda_graphs, "captured": run.graphed.enabled,
+                              "captures": run.graphed.captures, "replays": run.graphed.replays,
+                              "notes": list(run.graph_notes)}
     if run.dist.main:
         atomic_write_json(out_dir / "summary.json", summary)
     barrier(run.dist)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import torch
 from torch import nn
@@ -101,6 +101,7 @@ def measure(module: nn.Module, input_shape: tuple[int, ...]) -> Cost:
     return Cost(sum(p.numel() for p in module.parameters()), counter.get_total_flops() // 2)
 
 
+@lru_cache(maxsize=1)
 def _edge_keep_weights() -> torch.Tensor:
     """Probability that an edge survives the top-2 rule under a uniform choice: 2 / in-degree of its node."""
     return torch.tensor([EDGES_PER_NODE / (2 + i) for i in range(STEPS) for _ in range(2 + i)], dtype=torch.float64)
@@ -212,6 +213,10 @@ class CostModel:
         return {"normal": normal, "reduce": reduce}
 
     @cached_property
+    def _fixed_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.fixed.params, self.fixed.macs], dtype=torch.float64)
+
+    @cached_property
     def paper_tables(self) -> dict[str, torch.Tensor]:
         """Per cell type, [14, n_ops, 2] n_o (the op's parameters) and f_o (``PAPER_OP_MACS``) summed over the
         cells of that type, each at its width and output resolution: the op costs of eqs. (5), (6)."""
@@ -250,12 +255,31 @@ class CostModel:
         """Differentiable (params_M, MACs_M) estimate under softmax weights, in ``self.estimate``'s form: eqs. 5, 6
         as written (``paper``: ``keep`` plays no part), or the deployed network's (kept-edge weights, fixed part)."""
         if self.estimate == "paper":
-            total = sum((torch.softmax(alpha, dim=-1)[..., None] * self.paper_tables[kind].to(alpha)).sum(dim=(0, 1))
+            total = sum((torch.softmax(alpha, dim=-1)[..., None] * constant_like(self.paper_tables[kind], alpha))
+                        .sum(dim=(0, 1))
                         for alpha, kind in ((alpha_normal, "normal"), (alpha_reduce, "reduce")))
             return total[0] / 1e6, total[1] / 1e6
-        fixed = torch.tensor([self.fixed.params, self.fixed.macs], dtype=torch.float64)
-        total = expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives, keep=keep)
+        total = expected_from_tables(self.tables, self._fixed_tensor, alpha_normal, alpha_reduce, self.primitives,
+                                     keep=keep)
         return total[0] / 1e6, total[1] / 1e6
+
+
+_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def constant_like(t: torch.Tensor, like: torch.Tensor, *, columns: tuple[int, ...] | None = None) -> torch.Tensor:
+    """A constant CPU table ``t`` (only ``columns`` of its second axis, if given) in ``like``'s dtype and device.
+
+    Made once per (table, device, dtype) and kept: off the CPU, a copy from host memory per step makes the host wait
+    for the GPU and cannot sit inside a CUDA graph (issue 26); indexing a GPU tensor by a Python list is such a copy
+    too, so the columns are taken on the CPU. ``t`` must not change afterwards (the cost tables never do)."""
+    key = (id(t), columns, like.device, like.dtype)
+    hit = _CONSTANTS.get(key)
+    if hit is None or hit[0] is not t:  # the entry holds ``t``, so its id is not reused while the entry lives
+        if len(_CONSTANTS) > 512:
+            _CONSTANTS.clear()
+        hit = _CONSTANTS[key] = (t, (t if columns is None else t[:, list(columns)]).to(like))
+    return hit[1]
 
 
 def expected_from_tables(tables: dict[str, torch.Tensor], fixed: torch.Tensor, alpha_normal: torch.Tensor,
@@ -271,11 +295,11 @@ def expected_from_tables(tables: dict[str, torch.Tensor], fixed: torch.Tensor, a
     inputs per node). PC-DARTS passes 2 x its edge-normalisation softmax, so that beta moves the estimate as it
     moves the derived cell.
     """
-    uniform = _edge_keep_weights().to(alpha_normal)
+    uniform = constant_like(_edge_keep_weights(), alpha_normal)
     allowed = [k for k, name in enumerate(primitives) if name != "none"]
-    total = fixed.to(alpha_normal)
+    total = constant_like(fixed, alpha_normal)
     for i, (alpha, kind) in enumerate(((alpha_normal, "normal"), (alpha_reduce, "reduce"))):
-        table = tables[kind][:, allowed].to(alpha)
+        table = constant_like(tables[kind], alpha, columns=tuple(allowed))
         extra = (1,) * (table.dim() - 2)
         p = torch.softmax(alpha[:, allowed], dim=-1).reshape(*alpha[:, allowed].shape, *extra)
         k = uniform if keep is None else keep[i].to(alpha)

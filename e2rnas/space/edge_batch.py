@@ -135,8 +135,8 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
             pooled: dict[int, list[tuple[nn.Module, torch.Tensor]]] = {}  # state -> (edge op that ran, its map)
             maps = []
             # Buffers differ only in state written by the per-edge loop (batched training keeps them equal): check
-            # them in eval mode and on the CPU; CUDA training skips the check, a host sync per edge
-            check = not m0.training or inputs[0].device.type != "cuda"
+            # them in eval mode and on the CPU; training on any other device skips the check, a host sync per edge
+            check = not m0.training or inputs[0].device.type == "cpu"
             for o, (_, j) in zip(ops, group, strict=True):
                 ran = next(((src, m) for src, m in pooled.get(j, [])
                             if not check or _same_buffers(src[1], o[1])), None)

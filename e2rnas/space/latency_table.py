@@ -167,8 +167,12 @@ class LatencyTable:
     def expected_ms(self, alpha_normal: torch.Tensor, alpha_reduce: torch.Tensor,
                     keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Differentiable latency estimate (ms) under softmax weights, exactly as ``CostModel.expected_cost``."""
-        fixed = torch.tensor(self.fixed_ms, dtype=torch.float64)
-        return expected_from_tables(self.tables, fixed, alpha_normal, alpha_reduce, self.primitives, keep=keep)
+        return expected_from_tables(self.tables, self._fixed_tensor, alpha_normal, alpha_reduce, self.primitives,
+                                    keep=keep)
+
+    @cached_property
+    def _fixed_tensor(self) -> torch.Tensor:
+        return torch.tensor(self.fixed_ms, dtype=torch.float64)
 
     # -- file I/O ----------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -137,14 +137,25 @@ class SearchNetwork(nn.Module):
         # P-DARTS op pruning: False marks an op removed from an edge's candidates.
         self.register_buffer("mask_normal", torch.ones(NUM_EDGES, n_ops, dtype=torch.bool))
         self.register_buffer("mask_reduce", torch.ones(NUM_EDGES, n_ops, dtype=torch.bool))
+        # the masks as the forward reads them, kept on the host: reading device masks in every forward would be a
+        # host synchronisation per edge group on a GPU (issue 26); set by set_masks and by loading a state dict
+        self._pruned = False
+        self._host_masks: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._refresh_pruned())
 
     @property
     def pruned(self) -> bool:
-        return not bool(self.mask_normal.all() and self.mask_reduce.all())
+        return self._pruned
+
+    def _refresh_pruned(self) -> None:
+        normal, reduce = self.mask_normal.cpu(), self.mask_reduce.cpu()
+        self._pruned = not bool(normal.all() and reduce.all())
+        self._host_masks = (normal, reduce) if self._pruned else None
 
     def set_masks(self, normal: torch.Tensor, reduce: torch.Tensor) -> None:
         self.mask_normal.copy_(normal)
         self.mask_reduce.copy_(reduce)
+        self._refresh_pruned()
 
     def set_skip_dropout(self, p: float) -> None:
         for m in self.modules():
@@ -186,7 +197,7 @@ class SearchNetwork(nn.Module):
         a_normal, a_reduce = self.masked_alphas()
         w_normal, w_reduce = F.softmax(a_normal, dim=-1), F.softmax(a_reduce, dim=-1)
         e_normal, e_reduce = self._edge_weights(False), self._edge_weights(True)
-        m_normal, m_reduce = (self.mask_normal, self.mask_reduce) if self.pruned else (None, None)
+        m_normal, m_reduce = self._host_masks or (None, None)
         for cell in self.cells:
             w, e, m = (w_reduce, e_reduce, m_reduce) if cell.reduction else (w_normal, e_normal, m_normal)
             s0, s1 = s1, cell(s0, s1, w, e, m)
