@@ -36,6 +36,11 @@ METHODS: dict[str, dict[str, Any]] = {
     # steps instead of 1 and 40): does the search pay off once the supernet has learnt something?
     "e2rnas-long": {"epochs": 10, "warmup_epochs": 3, "max_steps_per_epoch": 30},
 }
+#: methods that search nothing new: another derivation of a searched method's final alphas, with extra caps (the
+#: same alphas under P-DARTS' rule of at most 2 skips in the normal cell: does a skip cap rescue a collapsed search?)
+REDERIVED: dict[str, tuple[str, dict[str, int]]] = {
+    "e2rnas-long-skip2": ("e2rnas-long", {"max_skips_normal": 2}),
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,27 @@ def search_config(scale: Scale, b: dict[str, Any], data: Path, lut: Path, method
         params_floor=scale.params_floor, latency_bound=b["T"], lut=str(lut), derive="budget",
         max_normal_free_ops=scale.max_normal_free_ops, seed=seed, device=device)
     return SearchConfig(**(common | METHODS[method]))
+
+
+def rederive(base_dir: Path, out_dir: Path, *, costs, primitives, b: dict[str, Any], caps: dict[str, int]
+             ) -> dict[str, Any]:
+    """The budget rule on a finished search's final alphas with extra ``caps``; a summary like the search's."""
+    import torch
+
+    from e2rnas.search.derive import derive_budget
+    from e2rnas.search.guards import search_warnings
+
+    base = _read(base_dir / "summary.json")
+    final = json.loads((base_dir / "alphas.jsonl").read_text().splitlines()[-1])
+    weights = {kind: torch.softmax(torch.tensor(final[f"alpha_{kind}"], dtype=torch.float64), dim=-1)
+               for kind in ("normal", "reduce")}
+    derived = derive_budget(weights, primitives, costs, max_free_normal=b["max_normal_free_ops"], **caps)
+    summary = base | {"genotype": derived.genotype.to_dict(), "genotype_text": derived.genotype.describe(),
+                      "derived_from": str(base_dir), "extra_caps": caps, "derivation_gap": base["derivation_gap"],
+                      "warnings": search_warnings(derived.genotype, weights=weights)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "summary.json", summary)
+    return summary
 
 
 def train_config(scale: Scale, data: Path, device: str):
@@ -283,7 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"), help="folder with the CIFAR-10/MNIST .npz")
     ap.add_argument("--out", type=Path, default=Path("runs/quality"))
     ap.add_argument("--seeds", default="0,1", help="search seeds (comma list)")
-    ap.add_argument("--methods", default=",".join(METHODS), help="searched methods (comma list)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"searched methods (comma list; also {', '.join(REDERIVED)}: a re-derivation of another's "
+                         "search, which must be on disk or earlier in the list)")
     ap.add_argument("--random", type=int, default=8, help="random genotypes that meet the budget")
     ap.add_argument("--random-seed", type=int, default=1234)
     ap.add_argument("--scale", choices=tuple(SCALES), default="cpu")
@@ -362,6 +390,11 @@ def main(argv: list[str] | None = None) -> None:
         if what == "search":
             folder = out / "search" / name
             summary = _read(folder / "summary.json")
+            if summary is None and group in REDERIVED:
+                base, caps = REDERIVED[group]
+                summary = rederive(out / "search" / f"{base}-s{seed}", folder, costs=costs, primitives=model.primitives,
+                                   b=b, caps=caps)
+                log(f"re-derived {name} from {base}-s{seed} with {caps}: {summary['genotype_text']}")
             if summary is None:
                 t0 = time.time()
                 cfg = search_config(scale, b, args.data.resolve(), lut_path.resolve(), group, seed, args.device)
