@@ -395,6 +395,13 @@ def main(argv: list[str] | None = None) -> None:
                 summary = rederive(out / "search" / f"{base}-s{seed}", folder, costs=costs, primitives=model.primitives,
                                    b=b, caps=caps)
                 log(f"re-derived {name} from {base}-s{seed} with {caps}: {summary['genotype_text']}")
+                same = _read(out / "entries" / f"{base}-s{seed}" / "result.json")
+                if same is not None and same["genotype"] == summary["genotype"] and not (
+                        out / "entries" / name / "result.json").is_file():
+                    # the caps changed nothing: the same genotype, the same retrain (same seed), not run twice
+                    _write_json(out / "entries" / name / "result.json",
+                                same | {"name": name, "same_genotype_as": f"{base}-s{seed}"})
+                    log(f"{name}: the same genotype as {base}-s{seed}; its result is reused")
             if summary is None:
                 t0 = time.time()
                 cfg = search_config(scale, b, args.data.resolve(), lut_path.resolve(), group, seed, args.device)
