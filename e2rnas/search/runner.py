@@ -373,6 +373,8 @@ class SearchRun:
             self.step_fn, device=self.device, distributed=self.dist.active)
         if self.cfg.cuda_graphs != "off" and self.cfg.method == "p-darts" and any(self.cfg.pdarts_skip_dropout):
             blockers.append("P-DARTS skip dropout changes every epoch and is random in the step")
+        if self.cfg.cuda_graphs != "off" and self.attack_gen.device.type != self.device.type:
+            blockers.append("the FGSM starts draw on the CPU (a checkpoint from before they were drawn on the GPU)")
         enabled = self.cfg.cuda_graphs != "off" and not blockers
         if blockers and (self.cfg.cuda_graphs == "on" or self.device.type == "cuda"):
             self._graph_note(f"CUDA graphs off: {'; '.join(blockers)}")
@@ -478,10 +480,11 @@ class SearchRun:
         self.sched.load_state_dict(blob["sched"])
         self.epoch, self.step_in_epoch = int(blob["epoch"]), int(blob["step_in_epoch"])
         self.epoch_start_data_state = blob["epoch_start_data_state"]
-        if blob["attack_gen"].numel() != self.attack_gen.get_state().numel():  # written on another device type
-            raise E2RNASError(f"cannot resume: {self.checkpoint_path} was written by a search on a "
-                              f"{'CUDA' if self.attack_gen.device.type == 'cpu' else 'CPU'} device; resume it on "
-                              f"that kind of device (--device)")
+        if blob["attack_gen"].numel() != self.attack_gen.get_state().numel():
+            # a GPU search checkpointed before the FGSM starts were drawn on the device: keep its CPU stream (the
+            # same numbers as before the interruption); the step is then not captured (build_graphed_step says so)
+            self.attack_gen = torch.Generator()
+            self.build_graphed_step()
         self.attack_gen.set_state(blob["attack_gen"])
         torch.set_rng_state(blob["torch_rng"])
 
