@@ -153,7 +153,9 @@ def test_the_mask_state_is_read_on_the_host_once_not_per_forward():
 
 
 class HostCopies(TorchDispatchMode):
-    """Records every op that takes a CPU tensor (not a Python number) to the meta device."""
+    """Records every op that takes a CPU tensor (not a Python number) to the meta device, and every advanced
+    indexing: ``x[list]`` turns the list into a CPU index tensor and copies it to the device (a host copy on a GPU),
+    a conversion the meta device performs below this watch, so the indexing op itself is what is seen."""
 
     def __init__(self):
         super().__init__()
@@ -165,7 +167,7 @@ class HostCopies(TorchDispatchMode):
         on_cpu = any(t.device.type == "cpu" and t.dim() > 0 for t in leaves)
         to_meta = (func is torch.ops.aten._to_copy.default and str(kwargs.get("device")) == "meta") or any(
             t.device.type == "meta" for t in leaves)
-        if on_cpu and to_meta:
+        if (on_cpu and to_meta) or func is torch.ops.aten.index.Tensor:
             self.seen.append(str(func))
         return func(*args, **kwargs)
 

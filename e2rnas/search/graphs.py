@@ -80,7 +80,10 @@ class GraphedStep:
             self._eager_steps += 1
             return self.inner.record(self._on_stream(lambda: self.inner.pending_step(
                 batch, lr=lr, generator=self.generator)))
-        key = (float(lr), *[None if t is None else (tuple(t.shape), t.dtype) for t in _tensors(batch)])
+        # what a capture bakes in as numbers: the unroll's lr and both optimisers' (SGD's alpha=-lr, Adam's lr)
+        lrs = tuple(float(g["lr"]) for opt in (self.inner.w_optimizer, self.inner.a_optimizer)
+                    for g in opt.param_groups)
+        key = (float(lr), lrs, *[None if t is None else (tuple(t.shape), t.dtype) for t in _tensors(batch)])
         if key != self._key and not self._capture(batch, lr, key):
             return self.inner.step(batch, lr=lr, generator=self.generator)  # capture failed: eager from now on
         for dst, src in zip(_tensors(self._static_in), _tensors(batch), strict=True):
@@ -104,13 +107,21 @@ class GraphedStep:
         graph = torch.cuda.CUDAGraph()
         if self.generator is not None and self.generator.device.type == "cuda":
             graph.register_generator_state(self.generator)
+        device = self._stream.device
+        previous = torch.cuda.current_stream(device)
         try:
             with torch.cuda.graph(graph, stream=self._stream):
                 out = self.inner.pending_step(self._static_in, lr=lr, generator=self.generator)
         except Exception as exc:  # noqa: BLE001 - any capture failure: say why, run eagerly
-            self.enabled = False
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            self.on_fallback(f"CUDA graphs off: capturing the search step failed ({first}); the step runs eagerly")
+            # torch.cuda.graph's exit calls capture_end before leaving the stream context, so a capture that failed
+            # leaves the capture stream current; and capture_end's own error hides the cause in __context__
+            torch.cuda.set_stream(previous)
+            self.enabled, self._graph, self._static_in = False, None, None
+            torch.cuda.synchronize(device)
+            cause = exc.__context__ if exc.__context__ is not None else exc
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            self.on_fallback(f"CUDA graphs off: capturing the search step failed ({type(cause).__name__}: {first}); "
+                             f"the step runs eagerly")
             return False
         self._graph, self._static_out, self._key = graph, out, key
         self.captures += 1

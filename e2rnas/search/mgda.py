@@ -97,7 +97,7 @@ def _polish(M: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     return exact if float(exact @ M @ exact) <= float(gamma @ M @ gamma) + 1e-15 else gamma
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # never evicted: a captured CUDA graph reads it by address
 def _supports(K: int, device: torch.device) -> torch.Tensor:
     """(2^K - 1, K) float64: row s marks the objectives in support s. Cached per device: made once, before any
     CUDA-graph capture (a tensor built from host data inside a capture is an illegal copy)."""
@@ -272,7 +272,7 @@ class Weighting:
         return self._degenerate(grads, losses)
 
 
-@functools.lru_cache(maxsize=32)
+@functools.cache  # never evicted: a captured CUDA graph reads it by address
 def _constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """A small constant tensor on ``device``, made once (not a host-to-device copy per step, nor inside a capture)."""
     return torch.tensor(values, dtype=torch.float64).to(device=device, dtype=dtype)

@@ -754,7 +754,7 @@ def finalize(run: SearchRun, out_dir: Path) -> dict[str, Any]:
                     "table_latency_ms": float(run.latency_table.genotype_ms(genotype)),
                     "lut": str(Path(cfg.lut).resolve()), "lut_key": run.latency_table.key}
     summary["world_size"] = run.dist.world_size
-    summary["cuda_graphs"] = {"setting": cfg.cuda_graphs, "captured": run.graphed.enabled,
+    summary["cuda_graphs"] = {"setting": cfg.cuda_graphs, "captured": run.graphed.captures > 0,
                               "captures": run.graphed.captures, "replays": run.graphed.replays,
                               "notes": list(run.graph_notes)}
     if run.dist.main:

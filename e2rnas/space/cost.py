@@ -22,6 +22,7 @@ from functools import cached_property, lru_cache
 import torch
 from torch import nn
 
+from e2rnas.space._device import constant_like, index_tensor
 from e2rnas.space.genotypes import EDGES_PER_NODE, STEPS, Genotype
 from e2rnas.space.ops import OPS, PRIMITIVES
 
@@ -264,24 +265,6 @@ class CostModel:
         return total[0] / 1e6, total[1] / 1e6
 
 
-_CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def constant_like(t: torch.Tensor, like: torch.Tensor, *, columns: tuple[int, ...] | None = None) -> torch.Tensor:
-    """A constant CPU table ``t`` (only ``columns`` of its second axis, if given) in ``like``'s dtype and device.
-
-    Made once per (table, device, dtype) and kept: off the CPU, a copy from host memory per step makes the host wait
-    for the GPU and cannot sit inside a CUDA graph (issue 26); indexing a GPU tensor by a Python list is such a copy
-    too, so the columns are taken on the CPU. ``t`` must not change afterwards (the cost tables never do)."""
-    key = (id(t), columns, like.device, like.dtype)
-    hit = _CONSTANTS.get(key)
-    if hit is None or hit[0] is not t:  # the entry holds ``t``, so its id is not reused while the entry lives
-        if len(_CONSTANTS) > 512:
-            _CONSTANTS.clear()
-        hit = _CONSTANTS[key] = (t, (t if columns is None else t[:, list(columns)]).to(like))
-    return hit[1]
-
-
 def expected_from_tables(tables: dict[str, torch.Tensor], fixed: torch.Tensor, alpha_normal: torch.Tensor,
                          alpha_reduce: torch.Tensor, primitives: tuple[str, ...],
                          keep: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -301,7 +284,8 @@ def expected_from_tables(tables: dict[str, torch.Tensor], fixed: torch.Tensor, a
     for i, (alpha, kind) in enumerate(((alpha_normal, "normal"), (alpha_reduce, "reduce"))):
         table = constant_like(tables[kind], alpha, columns=tuple(allowed))
         extra = (1,) * (table.dim() - 2)
-        p = torch.softmax(alpha[:, allowed], dim=-1).reshape(*alpha[:, allowed].shape, *extra)
+        picked = alpha.index_select(1, index_tensor(tuple(allowed), alpha.device))  # not alpha[:, list]: a copy
+        p = torch.softmax(picked, dim=-1).reshape(*picked.shape, *extra)
         k = uniform if keep is None else keep[i].to(alpha)
         total = total + (k.reshape(-1, 1, *extra) * p * table).sum(dim=(0, 1))
     return total

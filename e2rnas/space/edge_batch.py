@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from e2rnas.space._device import index_tensor
 from e2rnas.space.ops import DilConv, Identity, SepConv, Zero
 
 
@@ -116,7 +117,7 @@ def run_group(edges: list, group: list[tuple[int, int]], states: list[torch.Tens
     mixed = [edges[e] for e in idx]
     m0 = mixed[0]
     C = states[group[0][1]].shape[1]
-    w = weights[idx]  # E x n_ops
+    w = weights.index_select(0, index_tensor(tuple(idx), weights.device))  # E x n_ops (weights[list]: a copy)
     scale = w.repeat_interleave(C, dim=0)  # E*C x n_ops: op k's weight for every channel of every edge
     inputs = [states[j] for _, j in group]
     relu: dict[int, torch.Tensor] = {}  # state -> its ReLU, shared by the conv ops (made at the first one)
