@@ -215,16 +215,8 @@ class Weighting:
         """
         grads, losses = grads.detach().cpu(), losses.detach().cpu()  # K x |alpha|: small; solved on the CPU
         K = grads.shape[0]
-        kind = self.spec.split(":", 1)[0]
-        if kind == "equal":
-            gamma = torch.full((K,), 1.0 / K, dtype=grads.dtype)
-            return gamma, gamma
-        if kind == "fixed":
-            values = self.fixed_weights()
-            if len(values) != K:
-                raise ValueError(f"fixed weighting has {len(values)} weights for {K} objectives ({', '.join(names)})")
-            gamma = torch.tensor(values, dtype=torch.float64).to(grads.dtype) / sum(values)
-            return gamma, gamma
+        if self.spec.split(":", 1)[0] != "mgda":  # equal or fixed: no solve, the same constants either way
+            return self.weights_on_device(grads, losses, names)[:2]
         n = normalizers(grads, losses, self.normalization).to(grads.dtype)
         live = ~self.degenerate(grads, losses)
         gamma = torch.zeros(K, dtype=grads.dtype)
@@ -248,7 +240,7 @@ class Weighting:
                 if len(values) != K:
                     raise ValueError(f"fixed weighting has {len(values)} weights for {K} objectives "
                                      f"({', '.join(names)})")
-                gamma = _constant(tuple(w / sum(values) for w in values), grads.device, grads.dtype)
+                gamma = _constant(tuple(values), grads.device, grads.dtype) / sum(values)
             return gamma, gamma, torch.zeros(K, dtype=torch.bool, device=grads.device)
         bad = self._degenerate(grads, losses)
         n = normalizers(grads, losses, self.normalization).to(grads.dtype)
