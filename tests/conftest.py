@@ -1,9 +1,19 @@
-"""Shared test settings: one torch thread (tiny tensors run faster, and results do not depend on core count)."""
+"""Shared test settings: one torch thread (tiny tensors run faster, and results do not depend on core count), in
+this process and in every command a test starts; under pytest-xdist the same console width as a serial run."""
 
 import os
 
-import pytest
-import torch
+# Commands that tests start (the CLI, torchrun ranks) use one intra-op thread too: with two test processes on two
+# cores, a second thread per command only contends (docs/testing.md). A test that needs more sets it itself.
+os.environ["OMP_NUM_THREADS"] = "1"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist gives its workers the controller's terminal size (COLUMNS=80, LINES); a serial run without a terminal
+    # has none, and Rich fixes its console width from COLUMNS when e2rnas.cli._output is imported at collection.
+    for key in ("COLUMNS", "LINES"):
+        os.environ.pop(key, None)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_report_header(config):

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from _cli_process import run_cli
 from _deploy_helpers import FAST, make_tiny_run
 from typer.testing import CliRunner
 
@@ -97,7 +96,6 @@ def test_broken_artifact_is_a_failed_row_exit_1(run, tmp_path) -> None:
     (["--host", "me@127.0.0.1"], "remote targets"),
 ])
 def test_bad_bench_input_exits_2(run, extra, match: str) -> None:
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", "bench", str(run["onnx"]), *extra],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli(["bench", run["onnx"], *extra])
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr.replace("\n", " ")

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+from _cli_process import run_cli
 from _deploy_helpers import FAST, SEARCH, make_tiny_run
 from typer.testing import CliRunner
 
@@ -140,8 +139,7 @@ def test_reuse_eval_reads_eval_json(run, tmp_path) -> None:
 ])
 def test_malformed_budget_file_exits_2(run, tmp_path, text: str, match: str) -> None:
     b = _budget(tmp_path, text)
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", "check", str(run["model"]), "--budget", str(b)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli(["check", run["model"], "--budget", b])
     assert proc.returncode == 2, proc.stderr
     assert match in proc.stderr.replace("\n", " ") and proc.stderr.count("error:") == 1
 

@@ -2,9 +2,9 @@
 
 import json
 import subprocess
-import sys
 
 import pytest
+from _cli_process import run_cli
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
@@ -13,8 +13,7 @@ from e2rnas.space.genotypes import GENOTYPES
 
 
 def _e2rnas(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e2rnas.cli.app", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return run_cli(args, timeout=timeout)
 
 
 def test_search_refuses_an_out_dir_of_foreign_files(tmp_path):

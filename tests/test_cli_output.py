@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 
 import pytest
+from _cli_process import run_cli
 from rich.console import Console
 
 from e2rnas.cli import _output
@@ -47,8 +46,7 @@ def test_help_pages_without_a_terminal_cut_no_flag_name():
     """Piped help (no COLUMNS) at 80 columns cut ``--max-normal-free-o…``; every option of every command is whole."""
     group = cli_command()
     for name, _, _ in COMMANDS:
-        proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", name, "--help"], capture_output=True, text=True,
-                              timeout=120, env=NO_WIDTH)
+        proc = run_cli([name, "--help"], module="e2rnas.cli", env=NO_WIDTH)
         assert proc.returncode == 0, proc.stderr
         assert "…" not in proc.stdout, (name, proc.stdout)
         for param in group.commands[name].params:

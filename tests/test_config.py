@@ -4,10 +4,10 @@ and the file, --print-config, resumed runs keep their settings, flag aliases, he
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 import yaml
+from _cli_process import run_cli
 
 from e2rnas.cli._config import build_config, config_yaml
 from e2rnas.cli.app import hoist_global_options
@@ -17,7 +17,7 @@ from e2rnas.train.trainer import TrainConfig
 
 
 def _e2rnas(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "e2rnas.cli", *args], capture_output=True, text=True, timeout=timeout)
+    return run_cli(args, module="e2rnas.cli", timeout=timeout)
 
 
 def test_yaml_keys_are_flag_names_and_old_names_still_work(tmp_path):
@@ -121,8 +121,7 @@ def test_help_lists_the_workflow_in_order_without_bool_placeholders():
     import os
 
     def help_of(*command: str) -> str:
-        proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", *command, "--help"], capture_output=True,
-                              text=True, timeout=120, env=os.environ | {"COLUMNS": "200"})
+        proc = run_cli([*command, "--help"], module="e2rnas.cli", env=os.environ | {"COLUMNS": "200"})
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 

@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from _cli_process import run_cli
 from _deploy_helpers import train_digits_model
 from typer.testing import CliRunner
 
@@ -262,8 +263,7 @@ def test_cli_table_json_and_exit_codes(tmp_path):
 
 
 def test_entry_point_maps_errors_to_exit_2_and_imports_lightly(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", "export", str(tmp_path / "missing.pt")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_cli(["export", tmp_path / "missing.pt"])
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not found" in proc.stderr
     code = "import sys, e2rnas.export; print(sorted({'torch', 'onnx', 'onnxscript', 'tensorrt'} & set(sys.modules)))"
     light = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli_process import run_cli
 from test_latency_table_unit import _data as table_data
 
 from e2rnas._io import append_jsonl, read_jsonl
@@ -33,8 +34,7 @@ TINY_TRAIN = ["--epochs", "1", "--layers", "3", "--channels", "4", "--batch-size
 
 def e2rnas(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "e2rnas.cli.app", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd, env=env)
+    return run_cli(args, timeout=timeout, cwd=cwd, env=env)
 
 
 def last_line(proc: subprocess.CompletedProcess) -> str:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
+from _cli_process import run_cli
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
@@ -197,7 +196,7 @@ def test_gpu_targets_are_not_faked() -> None:
 @pytest.mark.parametrize("extra", [["--deploy-layers", "2"], ["--target", "a100"], ["--runs", "0"]])
 def test_bad_lut_input_exits_2(tmp_path, extra) -> None:
     args = ["lut", "--target", "cpu", *CLI_TINY, "--out", str(tmp_path / "lut.json"), *extra]
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli.app", *args], capture_output=True, text=True)
+    proc = run_cli(args)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error:")
     assert not (tmp_path / "lut.json").exists()

@@ -1,18 +1,16 @@
 """`e2rnas search` without a terminal: one plain progress line per epoch with step time, ETA and gamma."""
 
 import re
-import subprocess
-import sys
 
 import pytest
+from _cli_process import run_cli
 
 
 @pytest.mark.slow
 def test_search_prints_progress_lines_when_piped(tmp_path):
     out = tmp_path / "s"
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", "search", "--epochs", "2", "--warmup-epochs", "0",
-                           "--max-steps-per-epoch", "2", "--layers", "3", "--channels", "4", "--batch-size", "16",
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    proc = run_cli(["search", "--epochs", "2", "--warmup-epochs", "0", "--max-steps-per-epoch", "2", "--layers", "3",
+                    "--channels", "4", "--batch-size", "16", "--out", out], module="e2rnas.cli", timeout=600)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("search epoch")]
     assert [ln.split(":")[0] for ln in lines] == ["search epoch 1/2 step 2/2", "search epoch 2/2 step 2/2"], proc.stdout

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _cli_process import run_cli
 from typer.testing import CliRunner
 
 from e2rnas.cli.app import app
@@ -196,9 +197,8 @@ def test_cutout_transform_fills_a_clipped_square_with_the_mean():
 
 def test_console_and_metrics_count_epochs_alike(tmp_path):
     """The console's 'epoch k/N' lines and metrics.jsonl's records both count from 1 (it once printed 11/10)."""
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", "train", "DARTS_V2", "--epochs", "2", "--layers", "3",
-                           "--channels", "4", "--batch-size", "32", "--out", str(tmp_path / "t")],
-                          capture_output=True, text=True, timeout=600)
+    proc = run_cli(["train", "DARTS_V2", "--epochs", "2", "--layers", "3", "--channels", "4", "--batch-size", "32",
+                    "--out", tmp_path / "t"], module="e2rnas.cli", timeout=600)
     assert proc.returncode == 0, proc.stderr
     printed = [line.split()[1] for line in proc.stderr.splitlines() if line.startswith("epoch ")]  # progress: stderr
     recorded = [json.loads(x)["epoch"] for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
