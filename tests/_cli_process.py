@@ -146,14 +146,24 @@ class _Zygote:
 _zygote = _Zygote()
 
 
+def _same_start(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    return all(a.get(k) == b.get(k) for k in (set(a) | set(b)) - RUNTIME_KEYS)
+
+
 def _usable(env: Mapping[str, str]) -> bool:
+    """Whether the zygote can run a command with ``env``; restarted once when this process's own environment
+    changed for good since it started (a test that set a variable and kept it), so later commands fork again."""
     if os.environ.get("E2RNAS_TESTS_FRESH_PROCESS") == "1" or not hasattr(os, "fork") or not hasattr(
             socket, "send_fds") or sys.platform != "linux":
         return False
     if not _zygote.start():
         return False
-    keys = (set(env) | set(_zygote.env)) - RUNTIME_KEYS
-    return all(env.get(k) == _zygote.env.get(k) for k in keys)
+    if _same_start(env, _zygote.env):
+        return True
+    if not _same_start(env, os.environ):
+        return False  # a one-off environment for this command: a fresh interpreter
+    _zygote.stop()
+    return _zygote.start()
 
 
 def run_cli(args: Sequence[str | os.PathLike], *, module: str = "e2rnas.cli.app", env: Mapping[str, str] | None = None,

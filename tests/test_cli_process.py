@@ -52,7 +52,7 @@ def test_a_command_past_its_timeout_is_killed(folder):
     (folder / "m_sleep.py").write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
     with pytest.raises(subprocess.TimeoutExpired) as info:
         run_cli([], module="m_sleep", cwd=folder, timeout=1)
-    assert info.value.output == "started\n"
+    assert info.value.output == "started\n"  # str: the fork path ran (subprocess.run's TimeoutExpired holds bytes)
 
 
 def test_another_start_up_environment_takes_a_fresh_interpreter(folder):
@@ -62,3 +62,12 @@ def test_another_start_up_environment_takes_a_fresh_interpreter(folder):
     (folder / "m_parent.py").write_text(code + "\n")
     assert int(run_cli([], module="m_parent", env=env, cwd=folder).stdout) == os.getpid()
     assert int(run_cli([], module="m_parent", cwd=folder).stdout) == _zygote.proc.pid
+
+
+def test_a_lasting_change_of_the_environment_restarts_the_zygote(folder, monkeypatch):
+    (folder / "m_env.py").write_text("import os; print(os.getppid(), os.environ.get('E2RNAS_TEST_LASTING'))\n")
+    run_cli([], module="m_env", cwd=folder)
+    before = _zygote.proc.pid
+    monkeypatch.setenv("E2RNAS_TEST_LASTING", "1")  # as a test that sets a variable and keeps it
+    parent, value = run_cli([], module="m_env", cwd=folder).stdout.split()
+    assert int(parent) == _zygote.proc.pid != before and value == "1"

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _cli_process import run_cli
 
 TINY = ["search", "--epochs", "2", "--warmup-epochs", "0", "--max-steps-per-epoch", "3", "--layers", "3",
         "--channels", "4", "--batch-size", "16", "--device", "cpu", "--second-order", "--json"]
@@ -50,8 +51,7 @@ def test_two_processes_write_one_run_that_matches_one_process(two_process_run, t
     assert len(steps) == 6  # rank 0 alone logs: 2 epochs x 3 steps, each once
 
     one = tmp_path / "one"
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", *TINY, "--out", str(one)], capture_output=True,
-                          text=True, timeout=600, env=ENV)
+    proc = run_cli([*TINY, "--out", one], module="e2rnas.cli", timeout=600, env=ENV)
     assert proc.returncode == 0, proc.stderr
     first_two, first_one = steps[0], [r for r in _records(one) if r["type"] == "step"][0]
     # Same global batch, split 8 + 8: the lower-level loss at theta_t differs only by BatchNorm's per-slice
@@ -103,8 +103,7 @@ def test_resume_with_another_process_count_is_refused(two_process_run, tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(two_process_run, copy)
     (copy / "summary.json").unlink()
-    proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", *TINY, "--out", str(copy), "--resume"],
-                          capture_output=True, text=True, timeout=300, env=ENV)
+    proc = run_cli([*TINY, "--out", copy, "--resume"], module="e2rnas.cli", timeout=300, env=ENV)
     assert proc.returncode == 2 and "written by 2 process(es), this run has 1" in proc.stderr
 
 
@@ -114,8 +113,7 @@ def test_two_searches_on_one_directory_without_torchrun_are_refused(tmp_path):
 
     with RunLock(tmp_path):
         assert (tmp_path / RunLock.NAME).read_text().split()[1] == str(os.getpid())
-        proc = subprocess.run([sys.executable, "-m", "e2rnas.cli", *TINY, "--out", str(tmp_path)],
-                              capture_output=True, text=True, timeout=300, env=ENV)
+        proc = run_cli([*TINY, "--out", tmp_path], module="e2rnas.cli", timeout=300, env=ENV)
         assert proc.returncode == 2 and "in use by another e2rnas process" in proc.stderr
         with pytest.raises(E2RNASError, match="in use"):
             RunLock(tmp_path).__enter__()
@@ -139,8 +137,7 @@ def test_two_process_training_writes_one_run(tmp_path):
     assert sorted(p.name for p in two.iterdir()) == ["checkpoint.pt", "config.yaml", "genotype.json",
                                                       "metrics.jsonl", "model.pt", "summary.json"]
     assert json.loads((two / "summary.json").read_text())["world_size"] == 2
-    single = subprocess.run([sys.executable, "-m", "e2rnas.cli", *args, "--out", str(one)], capture_output=True,
-                            text=True, timeout=600, env=ENV)
+    single = run_cli([*args, "--out", one], module="e2rnas.cli", timeout=600, env=ENV)
     assert single.returncode == 0, single.stderr
     # the same global batches (split 2 x 16 of 32): the first epoch's loss over every slice agrees within 5 %
     # (BatchNorm normalises each slice with its own statistics)

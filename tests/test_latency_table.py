@@ -11,24 +11,20 @@ import math
 import pytest
 import torch
 from _cli_process import run_cli
-from typer.testing import CliRunner
+from _lut import CLI_TINY
 
-from e2rnas.cli.app import app
 from e2rnas.space.cost import CostModel, DeployShape
 from e2rnas.space.genotypes import GENOTYPES, STEPS
 from e2rnas.space.latency_table import LatencyTable, LatencyTableError
 from e2rnas.space.ops import PRIMITIVES
 
 TINY = DeployShape(layers=5, C=8, num_classes=5, input_size=16)
-CLI_TINY = ["--deploy-layers", "5", "--deploy-channels", "8", "--deploy-image-size", "16", "--classes", "5",
-            "--runs", "3", "--rounds", "1", "--warmup", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory):
-    """``e2rnas lut`` on the tiny shape: the file it wrote and what it printed with --json."""
-    path = tmp_path_factory.mktemp("lut") / "lut.json"
-    result = CliRunner().invoke(app, ["lut", "--target", "cpu", *CLI_TINY, "--out", str(path), "--json"])
+def measured(tiny_lut):
+    """``e2rnas lut`` on the tiny shape (the session's one table): the file it wrote and what it printed with --json."""
+    path, result = tiny_lut
     assert result.exit_code == 0, result.output
     # no terminal: progress as plain lines on stderr (stdout holds the JSON alone), by tenths, with an ETA
     progress = result.stderr.splitlines()

@@ -14,14 +14,12 @@ from e2rnas.space.latency_table import LatencyTable
 TINY = dict(dataset="digits", ood_dataset="digits-ood", layers=3, C=4, epochs=2, batch_size=16,
             max_steps_per_epoch=2, deploy_layers=5, deploy_C=8, deploy_num_classes=5, deploy_input_size=16,
             params_bound=0.05, flops_bound=2.0, val_batches=1)
-CLI_TINY = ["--deploy-layers", "5", "--deploy-channels", "8", "--deploy-image-size", "16", "--classes", "5",
-            "--runs", "3", "--rounds", "1", "--warmup", "1", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def lut(tmp_path_factory):
-    path = tmp_path_factory.mktemp("lut") / "lut.json"
-    result = CliRunner().invoke(app, ["lut", "--target", "cpu", *CLI_TINY, "--out", str(path)])
+def lut(tiny_lut):
+    """The session's tiny-shape table (tests/_lut.py); read-only."""
+    path, result = tiny_lut
     assert result.exit_code == 0, result.output
     return path
 
