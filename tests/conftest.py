@@ -32,28 +32,3 @@ def _one_thread():
     yield
     torch.set_num_threads(previous)
 
-
-#: expensive session fixtures: every module that uses one goes to the same xdist worker, which builds it once
-SHARED_FIXTURES = ("sshd", "tiny_lut")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``--dist loadgroup``): each test module is one group, sent whole to one worker, so that its
-    module-scoped fixtures are built once; the modules that use one of SHARED_FIXTURES (the loopback sshd, the tiny
-    latency table) form one group, so that the session builds it once and tests that look at what it leaves behind
-    (remote folders in /tmp) never see another worker's. The collection order is kept: handing out the slow-marked
-    groups first was measured slower (the pipeline, sweep and torchrun tests, each several processes or threads,
-    then ran side by side on the two cores)."""
-    if not (hasattr(config, "workerinput") or getattr(config.option, "numprocesses", None)):
-        return
-    group: dict[str, str] = {}
-    for item in items:
-        name = item.module.__name__
-        shared = next((f for f in SHARED_FIXTURES if f in item.fixturenames), None)
-        if shared is not None:
-            group[name] = shared
-        group.setdefault(name, name)
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group[item.module.__name__]))

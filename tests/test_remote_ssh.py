@@ -64,14 +64,18 @@ def test_host_key_mismatch_is_refused(sshd, tiny) -> None:  # noqa: F811
     assert "\n" not in str(info.value)
 
 
-def test_runner_failure_is_reported_and_cleaned_up(sshd, tiny, tmp_path) -> None:  # noqa: F811
+def test_runner_failure_is_reported_and_cleaned_up(sshd, tiny, tmp_path, monkeypatch) -> None:  # noqa: F811
+    from e2rnas.deploy_targets import remote
+
     bad = tmp_path / "broken.onnx"
     bad.write_bytes(b"not a model")
-    before = set(Path("/tmp").glob("e2rnas.*"))
+    made: list[str] = []  # the device folder of this run (other tests may have their own in /tmp meanwhile)
+    real = remote.make_remote_dir
+    monkeypatch.setattr(remote, "make_remote_dir", lambda cfg: made.append(real(cfg)) or made[-1])
     with pytest.raises(RemoteError, match="runner on .* failed") as info:
         run_remote(bad, ssh_config=_cfg(sshd), runs=1)
     assert "\n" not in str(info.value)
-    assert set(Path("/tmp").glob("e2rnas.*")) <= before  # the copy went away with the failure
+    assert len(made) == 1 and made[0].startswith("/") and not Path(made[0]).exists()  # gone with the failure
 
 
 def test_ipv6_loopback_host_runs_ssh_and_scp(sshd, tiny) -> None:  # noqa: F811
