@@ -12,7 +12,10 @@ from rich.console import Console
 from e2rnas.cli import _output
 from e2rnas.cli.app import COMMANDS, as_text, cli_command
 
-NO_WIDTH = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH", "LINES")}
+
+def no_width() -> dict[str, str]:
+    """This process's environment as it is now (a test may have changed it since collection), without a width."""
+    return {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH", "LINES")}
 
 
 def test_no_terminal_means_a_wide_console_unless_a_width_is_set(monkeypatch):
@@ -46,7 +49,7 @@ def test_help_pages_without_a_terminal_cut_no_flag_name():
     """Piped help (no COLUMNS) at 80 columns cut ``--max-normal-free-o…``; every option of every command is whole."""
     group = cli_command()
     for name, _, _ in COMMANDS:
-        proc = run_cli([name, "--help"], module="e2rnas.cli", env=NO_WIDTH)
+        proc = run_cli([name, "--help"], module="e2rnas.cli", env=no_width())
         assert proc.returncode == 0, proc.stderr
         assert "…" not in proc.stdout, (name, proc.stdout)
         for param in group.commands[name].params:
