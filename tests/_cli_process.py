@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -113,6 +114,7 @@ class _Zygote:
         self.path = ""
         self.failed = False
         self.lock = threading.Lock()
+        atexit.register(self.stop)
 
     def start(self) -> bool:
         if self.proc is not None and self.proc.poll() is None:
@@ -133,7 +135,6 @@ class _Zygote:
             self.stop()
             self.failed = True
             return False
-        atexit.register(self.stop)
         return True
 
     def stop(self) -> None:
@@ -141,6 +142,9 @@ class _Zygote:
             self.proc.kill()
             self.proc.wait()
         self.proc = None
+        if self.path:
+            shutil.rmtree(os.path.dirname(self.path), ignore_errors=True)  # the socket's folder, one per start
+            self.path = ""
 
 
 _zygote = _Zygote()

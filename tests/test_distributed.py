@@ -17,14 +17,19 @@ from _cli_process import run_cli
 
 TINY = ["search", "--epochs", "2", "--warmup-epochs", "0", "--max-steps-per-epoch", "3", "--layers", "3",
         "--channels", "4", "--batch-size", "16", "--device", "cpu", "--second-order", "--json"]
-ENV = os.environ | {"OMP_NUM_THREADS": "1"}
+
+
+def _env() -> dict[str, str]:
+    """This process's environment when the command starts (not a copy from collection: a variable set since would
+    send the forked CLI runner to a fresh interpreter), with one OpenMP thread per process."""
+    return os.environ | {"OMP_NUM_THREADS": "1"}
 
 
 def _torchrun(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                              "--master-port", str(29500 + os.getpid() % 500), "-m", "e2rnas.cli", *TINY,
                              "--out", str(out), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+                            env=_env())
 
 
 def _records(run: Path) -> list[dict]:
@@ -51,7 +56,7 @@ def test_two_processes_write_one_run_that_matches_one_process(two_process_run, t
     assert len(steps) == 6  # rank 0 alone logs: 2 epochs x 3 steps, each once
 
     one = tmp_path / "one"
-    proc = run_cli([*TINY, "--out", one], module="e2rnas.cli", timeout=600, env=ENV)
+    proc = run_cli([*TINY, "--out", one], module="e2rnas.cli", timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr
     first_two, first_one = steps[0], [r for r in _records(one) if r["type"] == "step"][0]
     # Same global batch, split 8 + 8: the lower-level loss at theta_t differs only by BatchNorm's per-slice
@@ -103,7 +108,7 @@ def test_resume_with_another_process_count_is_refused(two_process_run, tmp_path)
     copy = tmp_path / "copy"
     shutil.copytree(two_process_run, copy)
     (copy / "summary.json").unlink()
-    proc = run_cli([*TINY, "--out", copy, "--resume"], module="e2rnas.cli", timeout=300, env=ENV)
+    proc = run_cli([*TINY, "--out", copy, "--resume"], module="e2rnas.cli", timeout=300, env=_env())
     assert proc.returncode == 2 and "written by 2 process(es), this run has 1" in proc.stderr
 
 
@@ -113,7 +118,7 @@ def test_two_searches_on_one_directory_without_torchrun_are_refused(tmp_path):
 
     with RunLock(tmp_path):
         assert (tmp_path / RunLock.NAME).read_text().split()[1] == str(os.getpid())
-        proc = run_cli([*TINY, "--out", tmp_path], module="e2rnas.cli", timeout=300, env=ENV)
+        proc = run_cli([*TINY, "--out", tmp_path], module="e2rnas.cli", timeout=300, env=_env())
         assert proc.returncode == 2 and "in use by another e2rnas process" in proc.stderr
         with pytest.raises(E2RNASError, match="in use"):
             RunLock(tmp_path).__enter__()
@@ -131,13 +136,13 @@ def test_two_process_training_writes_one_run(tmp_path):
     two, one = tmp_path / "two", tmp_path / "one"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
                            str(29000 + os.getpid() % 400), "-m", "e2rnas.cli", *args, "--out", str(two)],
-                          capture_output=True, text=True, timeout=600, env=ENV)
+                          capture_output=True, text=True, timeout=600, env=_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count('"run_dir"') == 1  # rank 0 alone prints
     assert sorted(p.name for p in two.iterdir()) == ["checkpoint.pt", "config.yaml", "genotype.json",
                                                       "metrics.jsonl", "model.pt", "summary.json"]
     assert json.loads((two / "summary.json").read_text())["world_size"] == 2
-    single = run_cli([*args, "--out", one], module="e2rnas.cli", timeout=600, env=ENV)
+    single = run_cli([*args, "--out", one], module="e2rnas.cli", timeout=600, env=_env())
     assert single.returncode == 0, single.stderr
     # the same global batches (split 2 x 16 of 32): the first epoch's loss over every slice agrees within 5 %
     # (BatchNorm normalises each slice with its own statistics)
